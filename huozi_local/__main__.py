@@ -1,0 +1,5 @@
+import sys
+
+from huozi_local.cli import main
+
+sys.exit(main())

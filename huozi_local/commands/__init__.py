@@ -1,0 +1,2 @@
+"""Subcommands of `huozi-local`. Each module: `register(subparsers)`; heavy imports stay inside
+handlers so `--help` never loads llama_cpp or textual."""

@@ -1,0 +1,568 @@
+"""Read a GGUF file's header: metadata, tensor infos and the byte layout behind them.
+
+Only the header is read (through mmap); tensor data is never touched, so a 27 GB model inspects in
+milliseconds. gguf-py's GGUFReader builds one numpy view per vocabulary string and takes seconds
+on a 57002-token vocabulary, which is why this module parses the format itself. It keeps the raw
+byte span of every metadata entry, so the repair can copy entries it does not change verbatim.
+
+Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (version 2 and 3).
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.errors import GGUFError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+
+
+class ValueType(IntEnum):
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+_SCALAR_FORMATS: dict[ValueType, str] = {
+    ValueType.UINT8: "<B",
+    ValueType.INT8: "<b",
+    ValueType.UINT16: "<H",
+    ValueType.INT16: "<h",
+    ValueType.UINT32: "<I",
+    ValueType.INT32: "<i",
+    ValueType.FLOAT32: "<f",
+    ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q",
+    ValueType.INT64: "<q",
+    ValueType.FLOAT64: "<d",
+}
+
+
+class TokenType(IntEnum):
+    """SentencePiece / llama.cpp token attributes as GGUF stores them."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """One metadata entry, decoded, with the byte span it occupies in the file."""
+
+    key: str
+    value_type: ValueType
+    value: Any
+    start: int
+    end: int
+    array_type: ValueType | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the header describes it. `shape` is ggml's ne order (fastest axis first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # relative to the start of the data section
+    n_bytes: int
+
+    @property
+    def type_name(self) -> str:
+        return ggml_type_name(self.ggml_type)
+
+    @property
+    def n_elements(self) -> int:
+        count = 1
+        for n in self.shape:
+            count *= n
+        return count
+
+
+def ggml_type_name(ggml_type: int) -> str:
+    import gguf
+
+    try:
+        return str(gguf.GGMLQuantizationType(ggml_type).name).lower()
+    except ValueError:
+        return f"type{ggml_type}"
+
+
+def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
+    import gguf
+
+    try:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError) as exc:
+        raise GGUFError(f"unknown ggml tensor type {ggml_type}") from exc
+    if not shape or shape[0] % block_size:
+        raise GGUFError(f"tensor row of {shape[0] if shape else 0} elements is not whole blocks")
+    rows = 1
+    for n in shape[1:]:
+        rows *= n
+    return int(shape[0] // block_size * type_size * rows)
+
+
+SPLIT_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight$")
+MERGED_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
+LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class SpecialToken:
+    role: str  # "bos", "eos", "eot", "begin_of_utterance", ...
+    token_id: int
+    text: str
+    token_type: str
+
+
+@dataclass
+class GGUFFile:
+    """Everything a GGUF header says. Build with `read_gguf`."""
+
+    path: Path
+    version: int
+    file_size: int
+    tensor_count: int
+    kv: dict[str, KVEntry]
+    tensors: list[TensorInfo]
+    kv_start: int
+    kv_end: int
+    tensor_infos_end: int
+    data_offset: int
+    alignment: int
+    _layer_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- metadata -----------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        entry = self.kv.get(key)
+        return default if entry is None else entry.value
+
+    @property
+    def architecture(self) -> str:
+        return str(self.get("general.architecture", "unknown"))
+
+    def arch_get(self, suffix: str, default: Any = None) -> Any:
+        return self.get(f"{self.architecture}.{suffix}", default)
+
+    @property
+    def name(self) -> str:
+        return str(self.get("general.name", self.path.stem))
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.arch_get("block_count", 0))
+
+    @property
+    def context_length(self) -> int:
+        return int(self.arch_get("context_length", 0))
+
+    @property
+    def n_embd(self) -> int:
+        return int(self.arch_get("embedding_length", 0))
+
+    @property
+    def n_ff(self) -> int:
+        value = self.arch_get("feed_forward_length", 0)
+        return int(value[0] if isinstance(value, list) else value)
+
+    @property
+    def n_head(self) -> int:
+        value = self.arch_get("attention.head_count", 0)
+        return int(value[0] if isinstance(value, list) else value)
+
+    @property
+    def n_head_kv(self) -> int:
+        value = self.arch_get("attention.head_count_kv", self.n_head)
+        return int(value[0] if isinstance(value, list) else value)
+
+    @property
+    def head_dim(self) -> int:
+        key_length = self.arch_get("attention.key_length")
+        if key_length:
+            return int(key_length)
+        return self.n_embd // self.n_head if self.n_head else 0
+
+    @property
+    def n_expert(self) -> int:
+        return int(self.arch_get("expert_count", 0))
+
+    @property
+    def n_expert_used(self) -> int:
+        return int(self.arch_get("expert_used_count", 0))
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.get("tokenizer.ggml.tokens", []))
+
+    @property
+    def vocab_size(self) -> int:
+        entry = self.kv.get("tokenizer.ggml.tokens")
+        return len(entry.value) if entry else int(self.arch_get("vocab_size", 0))
+
+    @property
+    def token_types(self) -> list[int]:
+        return list(self.get("tokenizer.ggml.token_type", []))
+
+    @property
+    def chat_template(self) -> str | None:
+        value = self.get("tokenizer.chat_template")
+        return str(value) if value else None
+
+    def token_text(self, token_id: int) -> str:
+        entry = self.kv.get("tokenizer.ggml.tokens")
+        if entry is None or not 0 <= token_id < len(entry.value):
+            return ""
+        return str(entry.value[token_id])
+
+    def token_type_name(self, token_id: int) -> str:
+        types = self.get("tokenizer.ggml.token_type") or []
+        if not 0 <= token_id < len(types):
+            return "missing"
+        try:
+            return TokenType(int(types[token_id])).name.lower()
+        except ValueError:
+            return f"type{types[token_id]}"
+
+    def token_id(self, text: str) -> int | None:
+        entry = self.kv.get("tokenizer.ggml.tokens")
+        if entry is None:
+            return None
+        index = self._layer_cache.get("token_index")
+        if index is None:
+            index = {tok: i for i, tok in enumerate(entry.value)}
+            self._layer_cache["token_index"] = index
+        found = index.get(text)
+        return None if found is None else int(found)
+
+    def special_tokens(self) -> list[SpecialToken]:
+        """BOS/EOS/EOT/etc. from metadata, plus the huozi utterance tokens when present."""
+        from huozi_local.core import huozi
+
+        found: list[SpecialToken] = []
+        for role in ("bos", "eos", "eot", "eom", "unknown", "padding"):
+            token_id = self.get(f"tokenizer.ggml.{role}_token_id")
+            if token_id is None:
+                continue
+            found.append(
+                SpecialToken(
+                    role,
+                    int(token_id),
+                    self.token_text(int(token_id)),
+                    self.token_type_name(int(token_id)),
+                )
+            )
+        for role, text in (
+            ("begin_of_utterance", huozi.BEGIN_OF_UTTERANCE),
+            ("end_of_utterance", huozi.END_OF_UTTERANCE),
+        ):
+            token_id = self.token_id(text)
+            if token_id is not None:
+                found.append(SpecialToken(role, token_id, text, self.token_type_name(token_id)))
+        return found
+
+    @property
+    def is_huozi(self) -> bool:
+        """A huozi-vocabulary model: the utterance tokens sit at their trained ids."""
+        from huozi_local.core import huozi
+
+        return (
+            self.token_text(huozi.BEGIN_OF_UTTERANCE_ID) == huozi.BEGIN_OF_UTTERANCE
+            and self.token_text(huozi.END_OF_UTTERANCE_ID) == huozi.END_OF_UTTERANCE
+        )
+
+    # -- tensors --------------------------------------------------------------------------
+    @cached_property
+    def tensor_by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    @property
+    def layout(self) -> str:
+        """`legacy-split` (one tensor per expert), `merged` (3-D experts) or `dense`."""
+        if any(SPLIT_EXPERT_RE.match(t.name) for t in self.tensors):
+            return "legacy-split"
+        if any(MERGED_EXPERT_RE.match(t.name) for t in self.tensors) or self.n_expert:
+            return "merged"
+        return "dense"
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    def layer_bytes(self) -> list[int]:
+        """Bytes of `blk.N.*` for each layer N, in order."""
+        sizes = [0] * self.n_layers
+        for tensor in self.tensors:
+            match = LAYER_RE.match(tensor.name)
+            if match:
+                index = int(match.group(1))
+                if index >= len(sizes):
+                    sizes.extend([0] * (index + 1 - len(sizes)))
+                sizes[index] += tensor.n_bytes
+        return sizes
+
+    def non_layer_bytes(self) -> dict[str, int]:
+        """Bytes outside the layers (token_embd, output, output_norm, ...), by tensor name."""
+        return {t.name: t.n_bytes for t in self.tensors if not LAYER_RE.match(t.name)}
+
+    def quantization_groups(self) -> dict[str, dict[str, int]]:
+        """Tensor types per group (`token_embd`, `attn_q`, `ffn_down_exps`, ...): {type: count}."""
+        groups: dict[str, dict[str, int]] = {}
+        for tensor in self.tensors:
+            group = _group_name(tensor.name)
+            counts = groups.setdefault(group, {})
+            counts[tensor.type_name] = counts.get(tensor.type_name, 0) + 1
+        return groups
+
+    def load_blockers(self) -> list[str]:
+        """Why today's llama.cpp would refuse this file as it is (empty when it would load)."""
+        blockers: list[str] = []
+        if self.layout == "legacy-split":
+            blockers.append(
+                "experts are stored one tensor each (pre-2024 layout); llama.cpp now needs "
+                "merged 'ffn_*_exps' tensors: run `huozi-local repair`"
+            )
+        if self.architecture not in KNOWN_ARCHITECTURES:
+            blockers.append(f"architecture '{self.architecture}' is not one huozi-local knows")
+        return blockers
+
+    def turn_fixes_needed(self) -> list[str]:
+        """Metadata a huozi file lacks for modern tools to end turns and format chats right."""
+        from huozi_local.core import huozi
+
+        if not self.is_huozi:
+            return []
+        needed: list[str] = []
+        if self.get("tokenizer.ggml.eos_token_id") != huozi.END_OF_UTTERANCE_ID:
+            needed.append("eos_token_id")
+        if self.get("tokenizer.ggml.eot_token_id") != huozi.END_OF_UTTERANCE_ID:
+            needed.append("eot_token_id")
+        for token_id in (huozi.BEGIN_OF_UTTERANCE_ID, huozi.END_OF_UTTERANCE_ID):
+            if self.token_type_name(token_id) != "control":
+                needed.append(f"token_type[{token_id}]")
+        if self.chat_template is None:
+            needed.append("chat_template")
+        return needed
+
+
+# Architectures llama.cpp loads that this tool has been checked with.
+KNOWN_ARCHITECTURES = frozenset(
+    {
+        "llama",
+        "qwen2",
+        "qwen3",
+        "qwen2moe",
+        "qwen3moe",
+        "mistral3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "deepseek2",
+        "glm4",
+        "internlm2",
+        "chatglm",
+        "baichuan",
+        "yi",
+        "olmoe",
+        "granite",
+    }
+)
+
+
+def _group_name(name: str) -> str:
+    match = SPLIT_EXPERT_RE.match(name)
+    if match:
+        return f"ffn_{match.group(2)}.E"
+    stem = LAYER_RE.sub("", name)
+    return stem.removesuffix(".weight").removesuffix(".bias")
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over the mapped header."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.path = path
+
+    def need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise GGUFError(
+                f"{self.path} is truncated: the header ends at byte {len(self.buf)} "
+                "(an interrupted download? run `huozi-local download` again to resume)"
+            )
+
+    def unpack(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        self.need(size)
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("<Q")
+        self.need(length)
+        raw = self.buf[self.pos : self.pos + length]
+        self.pos += length
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def value(self, vtype: ValueType) -> tuple[Any, ValueType | None]:
+        if vtype == ValueType.STRING:
+            return self.string(), None
+        if vtype == ValueType.ARRAY:
+            sub = _value_type(self.unpack("<I"), self.path)
+            count = self.unpack("<Q")
+            return self.array(sub, count), sub
+        return self.unpack(_SCALAR_FORMATS[vtype]), None
+
+    def array(self, sub: ValueType, count: int) -> list[Any]:
+        if sub == ValueType.STRING:
+            out: list[Any] = []
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            for _ in range(count):
+                if pos + 8 > end:
+                    self.pos = pos
+                    self.need(8)
+                (length,) = struct.unpack_from("<Q", buf, pos)
+                pos += 8
+                if pos + length > end:
+                    self.pos = pos
+                    self.need(length)
+                out.append(bytes(buf[pos : pos + length]).decode("utf-8", errors="replace"))
+                pos += length
+            self.pos = pos
+            return out
+        if sub == ValueType.ARRAY:
+            return [self.value(ValueType.ARRAY)[0] for _ in range(count)]
+        fmt = _SCALAR_FORMATS[sub]
+        size = struct.calcsize(fmt)
+        self.need(size * count)
+        values = list(struct.iter_unpack(fmt, self.buf[self.pos : self.pos + size * count]))
+        self.pos += size * count
+        return [v[0] for v in values]
+
+
+def _value_type(raw: int, path: Path) -> ValueType:
+    try:
+        return ValueType(raw)
+    except ValueError as exc:
+        raise GGUFError(f"{path} has an unknown metadata type {raw}: not a valid GGUF") from exc
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Parse a GGUF header. Raises GGUFError with one line for anything a user can hit."""
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise GGUFError(f"no such file: {path}") from exc
+    except IsADirectoryError as exc:
+        raise GGUFError(f"{path} is a folder, not a GGUF file") from exc
+    except OSError as exc:
+        raise GGUFError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        size = path.stat().st_size
+        if size < 24:
+            raise GGUFError(f"{path} is not a GGUF model file (only {size} bytes)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _parse(buf, path, size)
+
+
+def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:
+    if buf[:4] != GGUF_MAGIC:
+        raise GGUFError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
+    cur = _Cursor(buf, path)
+    cur.pos = 4
+    version = cur.unpack("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"{path} is GGUF version {version}; only versions 2 and 3 are supported")
+    tensor_count = cur.unpack("<Q")
+    kv_count = cur.unpack("<Q")
+    if tensor_count > 1_000_000 or kv_count > 1_000_000:
+        raise GGUFError(f"{path} has an implausible header: not a valid GGUF")
+    kv_start = cur.pos
+    kv: dict[str, KVEntry] = {}
+    for _ in range(kv_count):
+        start = cur.pos
+        key = cur.string()
+        vtype = _value_type(cur.unpack("<I"), path)
+        value, sub = cur.value(vtype)
+        kv[key] = KVEntry(key, vtype, value, start, cur.pos, sub)
+    kv_end = cur.pos
+    tensors: list[TensorInfo] = []
+    for _ in range(tensor_count):
+        name = cur.string()
+        n_dims = cur.unpack("<I")
+        if n_dims > 8:
+            raise GGUFError(f"{path}: tensor {name} has {n_dims} dimensions: not a valid GGUF")
+        shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+        ggml_type = cur.unpack("<I")
+        offset = cur.unpack("<Q")
+        tensors.append(TensorInfo(name, shape, ggml_type, offset, tensor_nbytes(shape, ggml_type)))
+    infos_end = cur.pos
+    alignment_entry = kv.get("general.alignment")
+    alignment = int(alignment_entry.value) if alignment_entry else DEFAULT_ALIGNMENT
+    data_offset = _align(infos_end, alignment)
+    gguf = GGUFFile(
+        path=path,
+        version=version,
+        file_size=size,
+        tensor_count=tensor_count,
+        kv=kv,
+        tensors=tensors,
+        kv_start=kv_start,
+        kv_end=kv_end,
+        tensor_infos_end=infos_end,
+        data_offset=data_offset,
+        alignment=alignment,
+    )
+    expected = expected_file_size(gguf)
+    if size < expected:
+        raise GGUFError(
+            f"{path} is truncated: {size:,} of {expected:,} bytes "
+            "(an interrupted download? run `huozi-local download` again to resume)"
+        )
+    return gguf
+
+
+def expected_file_size(gguf: GGUFFile) -> int:
+    if not gguf.tensors:
+        return gguf.data_offset
+    return gguf.data_offset + max(t.offset + t.n_bytes for t in gguf.tensors)
+
+
+def _align(offset: int, alignment: int) -> int:
+    return offset + (-offset % alignment)
+
+
+def iter_split_experts(gguf: GGUFFile) -> Iterator[tuple[int, str, int, TensorInfo]]:
+    """(layer, kind, expert, tensor) for every legacy per-expert tensor."""
+    for tensor in gguf.tensors:
+        match = SPLIT_EXPERT_RE.match(tensor.name)
+        if match:
+            yield int(match.group(1)), match.group(2), int(match.group(3)), tensor

@@ -1,0 +1,36 @@
+"""Facts about the huozi 3.0 model that several parts of the core rely on.
+
+Sources: the model's README (HIT-SCIR/huozi), its tokenizer config and the official GGUF files.
+"""
+
+from __future__ import annotations
+
+BEGIN_OF_UTTERANCE = "<|beginofutterance|>"
+END_OF_UTTERANCE = "<|endofutterance|>"
+BEGIN_OF_UTTERANCE_ID = 57000
+END_OF_UTTERANCE_ID = 57001
+VOCAB_SIZE = 57002
+BOS_ID = 1
+EOS_ID = 2  # the tokenizer's own </s>; the model ends its turns with END_OF_UTTERANCE_ID
+
+ROLE_SYSTEM = "系统"
+ROLE_USER = "用户"
+ROLE_ASSISTANT = "助手"
+ROLE_ALIASES = {
+    "system": ROLE_SYSTEM,
+    "user": ROLE_USER,
+    "assistant": ROLE_ASSISTANT,
+    ROLE_SYSTEM: ROLE_SYSTEM,
+    ROLE_USER: ROLE_USER,
+    ROLE_ASSISTANT: ROLE_ASSISTANT,
+}
+DEFAULT_SYSTEM_PROMPT = "你是一个智能助手"
+
+# The training template, exactly as the model's README gives it (data/huozi-template.jinja).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|beginofutterance|>' + message['role'] + '\\n' + "
+    "message['content']}}{% if (loop.last and add_generation_prompt) or not loop.last %}"
+    "{{ '<|endofutterance|>' + '\\n'}}{% endif %}{% endfor %}\n"
+    "{% if add_generation_prompt and messages[-1]['role'] != '助手' %}"
+    "{{ '<|beginofutterance|>助手\\n' }}{% endif %}"
+)

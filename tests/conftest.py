@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny huozi-shaped models (built once per session) and an isolated HUOZI_HOME."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from huozi_local.testing.tiny_model import TinyModels
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Tiny models built on demand into one session folder; every variant at most once.
+
+    HUOZI_TINY_MODELS_DIR reuses a folder across runs (handy when iterating locally).
+    """
+    cached = os.environ.get("HUOZI_TINY_MODELS_DIR")
+    root = Path(cached) if cached else tmp_path_factory.mktemp("tiny-models")
+    return TinyModels(root)
+
+
+@pytest.fixture
+def huozi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every app path under a temporary HUOZI_HOME, never the developer's real folders."""
+    home = tmp_path / "huozi-home"
+    monkeypatch.setenv("HUOZI_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield home
+
+
+@pytest.fixture(scope="session")
+def mt_bench_questions() -> list[dict[str, object]]:
+    """The model authors' Chinese MT-Bench questions, read from ../shared (never copied here)."""
+    import json
+
+    path = SHARED_DIR / "data" / "mt-bench-zh" / "question.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

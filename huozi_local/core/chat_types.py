@@ -1,0 +1,128 @@
+"""The small vocabulary every chat front end speaks: messages, sampling, reply events.
+
+A `ChatBackend` streams a reply to a list of messages. The local llama.cpp engine, a remote
+OpenAI-compatible endpoint and the fakes in tests all implement it, so the terminal chat, the TUI
+and the server never care which one they drive (the backend protocol of simonw/llm).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from huozi_local.core import huozi
+
+Role = Literal["system", "user", "assistant"]
+StopReason = Literal["stop", "length", "cancelled"]
+
+
+def normalize_role(role: str) -> Role:
+    """Accept OpenAI roles and the huozi Chinese roles (系统/用户/助手)."""
+    from huozi_local.core.errors import HuoziError
+
+    canonical = {
+        "system": "system",
+        "user": "user",
+        "assistant": "assistant",
+        huozi.ROLE_SYSTEM: "system",
+        huozi.ROLE_USER: "user",
+        huozi.ROLE_ASSISTANT: "assistant",
+    }.get(role.strip().lower() if role.isascii() else role.strip())
+    if canonical is None:
+        raise HuoziError(f"unknown role '{role}' (use system/user/assistant or 系统/用户/助手)")
+    return canonical  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+    @classmethod
+    def of(cls, role: str, content: str) -> ChatMessage:
+        return cls(normalize_role(role), content)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Defaults are the model README's llama.cpp command (temp 0.2, repeat penalty 1.1)."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 2048
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply, always whole UTF-8 characters, never a stop token."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    """The conversation outgrew the context; the oldest whole turns were left out of the prompt."""
+
+    dropped_messages: int
+    message: str
+
+
+@dataclass(frozen=True)
+class ReplyResult:
+    """The last event of every reply."""
+
+    text: str
+    stop_reason: StopReason
+    prompt_tokens: int
+    evaluated_prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    model: str
+    dropped_messages: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ReplyEvent = TextDelta | ContextTrimmed | ReplyResult
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Anything that can answer a conversation, one reply at a time."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingOptions | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        """Yield TextDelta/ContextTrimmed events, then exactly one ReplyResult."""
+        ...
+
+
+def collect_reply(events: Iterator[ReplyEvent]) -> ReplyResult:
+    """Drain a reply stream and return its result (for callers that do not stream)."""
+    result: ReplyResult | None = None
+    for event in events:
+        if isinstance(event, ReplyResult):
+            result = event
+    if result is None:
+        raise RuntimeError("backend ended a reply without a result")
+    return result

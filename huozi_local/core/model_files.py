@@ -1,0 +1,136 @@
+"""Where downloaded models live, and which file a `--model` argument refers to on this disk.
+
+Layout under `Paths.models_dir` (the one contract the downloader, engine, TUI and planner share):
+
+    <family>/<family>-<quant>.gguf        ready to load (already repaired when it had to be)
+    <family>/<family>-<quant>.gguf.json   sidecar: source repo/file, sha256, state, provenance
+    hf/<owner>--<repo>/<file>.gguf        any other GGUF fetched with an `hf:` spec (+ sidecar)
+
+Downloads in progress and originals awaiting repair live elsewhere (the downloader's business);
+only a finished, verified, loadable file ever appears under these names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.catalog import (
+    DEFAULT_FAMILY,
+    ModelSpec,
+    get_family,
+    load_families,
+    parse_model_spec,
+    quant_rank,
+)
+from huozi_local.core.config import Paths
+from huozi_local.core.errors import HuoziError
+
+
+def family_model_path(paths: Paths, family: str, quant: str) -> Path:
+    return paths.models_dir / family / f"{family}-{quant.lower()}.gguf"
+
+
+def hf_model_path(paths: Paths, repo_id: str, filename: str) -> Path:
+    return paths.models_dir / "hf" / repo_id.replace("/", "--") / filename
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name + ".json")
+
+
+def read_sidecar(model_path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(sidecar_path(model_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_sidecar(model_path: Path, data: dict[str, Any]) -> None:
+    target = sidecar_path(model_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True), "utf-8")
+    tmp.replace(target)
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    family: str
+    quant: str
+    path: Path
+    size_bytes: int
+
+
+def installed_models(paths: Paths) -> list[InstalledModel]:
+    """Loadable family models on disk, best quality first within each family."""
+    found: list[InstalledModel] = []
+    for name in load_families():
+        folder = paths.models_dir / name
+        prefix = f"{name}-"
+        for path in sorted(folder.glob(f"{prefix}*.gguf")):
+            quant = path.name[len(prefix) : -len(".gguf")]
+            found.append(InstalledModel(name, quant, path, path.stat().st_size))
+    found.sort(key=lambda m: (m.family, -quant_rank(m.quant)))
+    return found
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model file that exists on disk, and what it is."""
+
+    path: Path
+    spec: ModelSpec
+    family: str | None
+    quant: str | None
+
+    @property
+    def display_name(self) -> str:
+        if self.family:
+            return f"{self.family}:{self.quant}" if self.quant else self.family
+        return self.path.name
+
+
+def resolve_local_model(text: str | None, paths: Paths, default: str = "") -> ResolvedModel:
+    """The file a `--model` argument (or, with none, the saved default) names on this disk.
+
+    Raises HuoziError saying how to download the model when it is not here.
+    """
+    chosen = (text or default or "").strip()
+    if not chosen:
+        installed = installed_models(paths)
+        preferred = [m for m in installed if m.family == DEFAULT_FAMILY] or installed
+        if not preferred:
+            raise HuoziError(
+                "no model downloaded yet: run `huozi-local download` (or pass --model PATH)"
+            )
+        best = preferred[0]
+        spec = ModelSpec("family", family=best.family, quant=best.quant)
+        return ResolvedModel(best.path, spec, best.family, best.quant)
+    spec = parse_model_spec(chosen)
+    if spec.kind == "path":
+        assert spec.path is not None
+        if not spec.path.exists():
+            raise HuoziError(f"no such model file: {spec.path}")
+        return ResolvedModel(spec.path, spec, None, None)
+    if spec.kind == "hf":
+        assert spec.repo_id and spec.filename
+        path = hf_model_path(paths, spec.repo_id, spec.filename)
+        if not path.exists():
+            raise HuoziError(f"{chosen} is not downloaded: run `huozi-local download {chosen}`")
+        return ResolvedModel(path, spec, None, None)
+    assert spec.family is not None
+    family = get_family(spec.family)
+    if spec.quant:
+        family.quant(spec.quant)  # an unknown quant is an error even when nothing is on disk
+        path = family_model_path(paths, family.name, spec.quant)
+        if not path.exists():
+            raise HuoziError(f"{chosen} is not downloaded: run `huozi-local download {chosen}`")
+        return ResolvedModel(path, spec, family.name, spec.quant)
+    for model in installed_models(paths):
+        if model.family == family.name:
+            return ResolvedModel(model.path, spec, model.family, model.quant)
+    raise HuoziError(f"{family.name} is not downloaded: run `huozi-local download {family.name}`")

@@ -15,7 +15,18 @@ from collections.abc import Callable, Sequence
 from huozi_local import __version__
 
 # Order is the order shown in --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "app",
+    "chat",
+    "ask",
+    "download",
+    "models",
+    "doctor",
+    "plan",
+    "inspect",
+    "repair",
+    "serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

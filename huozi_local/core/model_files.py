@@ -5,6 +5,8 @@ Layout under `Paths.models_dir` (the one contract the downloader, engine, TUI an
     <family>/<family>-<quant>.gguf        ready to load (already repaired when it had to be)
     <family>/<family>-<quant>.gguf.json   sidecar: source repo/file, sha256, state, provenance
     hf/<owner>--<repo>/<file>.gguf        any other GGUF fetched with an `hf:` spec (+ sidecar)
+    .downloads/<source>/<owner>--<repo>/<file>.part   a download in progress (resumable)
+    originals/<owner>--<repo>/<file>      a legacy original kept by `download --keep-original`
 
 Downloads in progress and originals awaiting repair live elsewhere (the downloader's business);
 only a finished, verified, loadable file ever appears under these names.
@@ -35,6 +37,21 @@ def family_model_path(paths: Paths, family: str, quant: str) -> Path:
 
 def hf_model_path(paths: Paths, repo_id: str, filename: str) -> Path:
     return paths.models_dir / "hf" / repo_id.replace("/", "--") / filename
+
+
+def downloads_dir(paths: Paths, source: str, repo_id: str) -> Path:
+    """Where a download in progress lives: on the final file's disk, so finishing is a rename."""
+    return paths.models_dir / ".downloads" / source / repo_id.replace("/", "--")
+
+
+def partial_download_path(paths: Paths, source: str, repo_id: str, filename: str) -> Path:
+    """The `.part` file a download appends to; it survives Ctrl-C and crashes, for resuming."""
+    return downloads_dir(paths, source, repo_id) / f"{filename}.part"
+
+
+def original_copy_path(paths: Paths, repo_id: str, filename: str) -> Path:
+    """Where `download --keep-original` leaves a legacy file after its repaired copy verified."""
+    return paths.models_dir / "originals" / repo_id.replace("/", "--") / filename
 
 
 def sidecar_path(model_path: Path) -> Path:

@@ -1,0 +1,234 @@
+"""The terminal chat loop behind `huozi-local chat`.
+
+Like llama.cpp's interactive mode with the README's in-prefix/in-suffix/reverse prompt (the engine
+does the huozi format), plus streamed output, readline history and slash commands. Ctrl-C while a
+reply streams sets the reply's cancel event (the reply stops within a token, the chat goes on);
+Ctrl-D or /quit leaves. The conversation is written to `chat-autosave.json` in the data folder
+after every reply, so a crash or a closed terminal never loses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rich.console import Console
+
+    from huozi_local.core.chat_types import ChatMessage, ReplyResult, SamplingOptions
+    from huozi_local.core.config import Paths
+    from huozi_local.core.engine import LlamaEngine
+    from huozi_local.core.remote import RemoteBackend
+
+PROMPT = "用户> "
+HELP = "commands: /new  /system TEXT  /regen  /save [FILE]  /quit   (Ctrl-C stops a reply)"
+
+
+@dataclass
+class ChatSession:
+    engine: LlamaEngine | RemoteBackend
+    plan: dict[str, Any]
+    sampling: SamplingOptions
+    paths: Paths
+    json_mode: bool
+    interactive: bool
+    console: Console
+    messages: list[ChatMessage] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> ChatSession:
+        from rich.console import Console
+
+        from huozi_local.commands._engine_load import load_engine, sampling_from
+        from huozi_local.core.config import Paths, Settings
+
+        engine: LlamaEngine | RemoteBackend
+        if getattr(args, "endpoint", None):
+            from huozi_local.core.remote import RemoteBackend
+
+            settings = Settings.load(Paths.from_env().config_file)
+            system = args.system if args.system is not None else settings.system_prompt
+            engine = RemoteBackend(
+                args.endpoint, args.api_key, model=args.model, system_prompt=system or None
+            )
+            engine.connect()  # refused / 401 / unknown model: one line now, not at the first turn
+            plan: dict[str, Any] = {"endpoint": engine.endpoint, "model": engine.model_name}
+        else:
+            engine, plan, settings = load_engine(args)
+        return cls(
+            engine=engine,
+            plan=plan,
+            sampling=sampling_from(args, settings),
+            paths=Paths.from_env(),
+            json_mode=args.json,
+            interactive=sys.stdin.isatty(),
+            console=Console(highlight=False),
+        )
+
+    # -- input ----------------------------------------------------------------------------
+    def _lines(self) -> Iterator[str]:
+        if not self.interactive:
+            for line in sys.stdin:
+                yield line.rstrip("\n")
+            return
+        history = self._setup_readline()
+        try:
+            while True:
+                try:
+                    yield input(PROMPT)
+                except KeyboardInterrupt:
+                    print()  # Ctrl-C at the prompt clears the line; Ctrl-D leaves
+                except EOFError:
+                    print()
+                    return
+        finally:
+            if history is not None:
+                import readline
+
+                try:
+                    readline.write_history_file(history)
+                except OSError:
+                    pass
+
+    def _setup_readline(self) -> Path | None:
+        try:
+            import readline
+        except ImportError:  # pragma: no cover - Windows without pyreadline
+            return None
+        history = self.paths.data_dir / "chat_history"
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            if history.exists():
+                readline.read_history_file(history)
+        except OSError:
+            return None
+        readline.set_history_length(1000)
+        return history
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.interactive and not self.json_mode:
+            name = self.engine.model_name
+            self.console.print(f"[bold]{name}[/] · context {self.engine.n_ctx} · {HELP}")
+        try:
+            for line in self._lines():
+                text = line.strip()
+                if not text:
+                    continue
+                if text.startswith("/") and self._command(text) == "quit":
+                    break
+                if not text.startswith("/"):
+                    from huozi_local.core.chat_types import ChatMessage
+
+                    self.messages.append(ChatMessage("user", line))
+                    self._reply()
+        finally:
+            self.engine.close()
+        return 0
+
+    def _command(self, text: str) -> str | None:
+        name, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if name in ("/quit", "/exit", "/q"):
+            return "quit"
+        if name == "/new":
+            self.messages.clear()
+            self._note("new conversation")
+        elif name == "/system":
+            self.engine.system_prompt = rest or None
+            self._note(f"system prompt: {rest}" if rest else "system prompt removed")
+        elif name == "/regen":
+            while self.messages and self.messages[-1].role == "assistant":
+                self.messages.pop()
+            if self.messages and self.messages[-1].role == "user":
+                self._reply()
+            else:
+                self._note("nothing to answer again")
+        elif name == "/save":
+            target = Path(rest or f"huozi-chat-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            try:
+                self._write(target)
+            except OSError as exc:
+                self._note(f"cannot save to {target}: {exc.strerror or exc}")
+            else:
+                self._note(f"saved {len(self.messages)} messages to {target}")
+        elif name == "/help":
+            self._note(HELP)
+        else:
+            self._note(f"unknown command {name}; {HELP}")
+        return None
+
+    def _note(self, text: str) -> None:
+        if self.json_mode:
+            print(f"huozi-local: {text}", file=sys.stderr)
+        else:
+            self.console.print(f"[dim]{text}[/]", markup=True)
+
+    def _reply(self) -> None:
+        from huozi_local.commands._engine_load import result_record
+        from huozi_local.core.chat_types import ChatMessage, ContextTrimmed, TextDelta
+
+        cancel = threading.Event()
+        previous = signal.getsignal(signal.SIGINT)
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set())
+        streaming = not self.json_mode
+        if streaming and self.interactive:
+            self.console.print("[bold cyan]助手>[/] ", end="")
+        result: ReplyResult | None = None
+        try:
+            for event in self.engine.stream_reply(self.messages, self.sampling, cancel):
+                if isinstance(event, TextDelta):
+                    if streaming:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                elif isinstance(event, ContextTrimmed):
+                    print(f"huozi-local: {event.message}", file=sys.stderr)
+                else:
+                    result = event
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        assert result is not None
+        self.messages.append(ChatMessage("assistant", result.text))
+        if self.json_mode:
+            print(json.dumps(result_record(result, self.plan), ensure_ascii=False), flush=True)
+        else:
+            sys.stdout.write("\n")
+            if self.interactive:
+                self._note(_stats(result))
+        self._autosave()
+
+    def _write(self, target: Path) -> None:
+        rows = [{"role": m.role, "content": m.content} for m in self.messages]
+        if self.engine.system_prompt:
+            rows.insert(0, {"role": "system", "content": self.engine.system_prompt})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(target)
+
+    def _autosave(self) -> None:
+        try:
+            self._write(self.paths.data_dir / "chat-autosave.json")
+        except OSError:
+            pass  # autosave is a safety net; the chat goes on without it
+
+
+def _stats(result: ReplyResult) -> str:
+    stopped = {"stop": "", "length": " · cut at max tokens", "cancelled": " · stopped"}
+    return (
+        f"{result.completion_tokens} tokens · {result.tokens_per_s:.1f} tok/s · "
+        f"first token {result.ttft_s:.2f}s · prompt {result.evaluated_prompt_tokens}"
+        f"/{result.prompt_tokens} evaluated{stopped[result.stop_reason]}"
+    )

@@ -1,0 +1,66 @@
+"""A rich progress bar fed by the core's Progress reports (one task per stage)."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from huozi_local.core.progress import Progress
+
+_LABELS = {"download": "downloading", "verify": "verifying", "repair": "repairing"}
+
+
+class DownloadBar:
+    """Thread-safe: `update` is called from the download worker; rich locks its own state.
+
+    Drawn only on a terminal: piped or captured output gets the final lines alone, so an error
+    stays the one line a script can read.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty()
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._progress = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=Console(file=stream),
+            transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> DownloadBar:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, report: Progress) -> None:
+        if not self.enabled:
+            return
+        task = self._tasks.get(report.stage)
+        note = report.message if report.stage != "download" else ""
+        if task is None:
+            task = self._progress.add_task(
+                _LABELS.get(report.stage, report.stage),
+                total=report.total,
+                completed=report.done,
+                note=note,
+            )
+            self._tasks[report.stage] = task
+            return
+        self._progress.update(task, total=report.total, completed=report.done, note=note)

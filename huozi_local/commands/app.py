@@ -1,0 +1,75 @@
+"""`huozi-local` with no command, and `huozi-local tui`: the chat app.
+
+Only argparse at import time: Textual and llama_cpp load inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "tui",
+        help="open the chat app (the same as running huozi-local with no command)",
+        description=(
+            "Open the chat app. The first run sets up a model; later runs open the last model."
+        ),
+    )
+    parser.add_argument(
+        "--model", metavar="M", help="model to chat with: huozi3, huozi3:q2_k, hf:..., or a path"
+    )
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="chat with an OpenAI-compatible server instead of a local model",
+    )
+    parser.add_argument("--api-key", help="API key for --endpoint")
+    parser.set_defaults(handler=run_app)
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from huozi_local.core.config import Paths, Settings
+    from huozi_local.core.store import ConversationStore
+
+    paths = Paths.from_env()
+    settings = Settings.load(paths.config_file)
+    store = ConversationStore.open(paths.database_file)
+    try:
+        app = _build(args, paths, settings, store)
+        app.run()
+    finally:
+        store.close()
+    if store.notice:
+        print(f"huozi-local: {store.notice}", file=sys.stderr)
+    return 0
+
+
+def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> Any:
+    from huozi_local.tui.app import create_app
+    from huozi_local.tui.session import ModelInfo
+
+    endpoint = getattr(args, "endpoint", None)
+    model = getattr(args, "model", None)
+    if endpoint:
+        from huozi_local.core.remote import RemoteBackend
+
+        backend = RemoteBackend(
+            endpoint,
+            getattr(args, "api_key", None),
+            model=model,
+            system_prompt=settings.system_prompt or None,
+        )
+        backend.connect()  # refused / 401 / unknown model: one line now, not inside the app
+        info = ModelInfo(backend.model_name, "remote", 0, backend.n_ctx)
+        return create_app(
+            settings=settings, paths=paths, store=store, backend=backend, model_info=info
+        )
+    if model:
+        from huozi_local.core.model_files import resolve_local_model
+
+        resolve_local_model(model, paths)  # one clear line now rather than a setup screen
+        settings.model = model
+    return create_app(settings=settings, paths=paths, store=store)

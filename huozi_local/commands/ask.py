@@ -1,0 +1,113 @@
+"""`huozi-local ask`: one reply, streamed to stdout (or one JSON object with --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from huozi_local.commands._engine_load import add_model_options
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ask",
+        help="ask one question and stream the reply",
+        description=(
+            "Ask the model one question and stream its reply to stdout. TEXT '-' (or no TEXT "
+            "with piped input) reads the question from stdin."
+        ),
+    )
+    parser.add_argument("text", nargs="?", metavar="TEXT", help="the question ('-': stdin)")
+    add_model_options(parser)
+    parser.add_argument(
+        "--messages",
+        metavar="FILE.json",
+        help="the conversation so far: a JSON list of {role, content} (system/user/assistant "
+        "or 系统/用户/助手)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.set_defaults(handler=run_ask)
+
+
+def read_messages_file(path: Path) -> list[Any]:
+    """An OpenAI-style message list from a file, or a one-line HuoziError."""
+    from huozi_local.core.chat_types import ChatMessage
+    from huozi_local.core.errors import HuoziError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise HuoziError(f"no such messages file: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HuoziError(f"cannot read {path}: {exc}") from exc
+    except ValueError as exc:
+        raise HuoziError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("messages"), list):
+        data = data["messages"]
+    if not isinstance(data, list):
+        raise HuoziError(f"{path} must hold a JSON list of {{role, content}} objects")
+    messages = []
+    for index, item in enumerate(data):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("role"), str)
+            or not isinstance(item.get("content"), str)
+        ):
+            raise HuoziError(f"{path}: message {index} needs string 'role' and 'content'")
+        messages.append(ChatMessage.of(item["role"], item["content"]))
+    return messages
+
+
+def _question(args: argparse.Namespace) -> str | None:
+    if args.text == "-" or (args.text is None and not sys.stdin.isatty()):
+        return sys.stdin.read().strip() or None
+    text: str | None = args.text
+    return text
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from huozi_local.commands._engine_load import load_engine, result_record, sampling_from
+    from huozi_local.core.chat_types import ChatMessage, ReplyResult, TextDelta
+    from huozi_local.core.errors import HuoziError
+
+    messages = read_messages_file(Path(args.messages)) if args.messages else []
+    question = _question(args)
+    if question:
+        messages.append(ChatMessage("user", question))
+    if not messages:
+        raise HuoziError("nothing to ask: give TEXT, '-' with text on stdin, or --messages FILE")
+    if messages[-1].role != "user":
+        raise HuoziError("the conversation must end with a user message to be answered")
+    engine, plan, settings = load_engine(args)
+    sampling = sampling_from(args, settings)
+    import threading
+
+    cancel = threading.Event()
+    result: ReplyResult | None = None
+    events = engine.stream_reply(messages, sampling, cancel)
+    try:
+        for event in events:
+            if isinstance(event, TextDelta) and not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, ReplyResult):
+                result = event
+            elif not isinstance(event, TextDelta):
+                print(f"huozi-local: {event.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        getattr(events, "close", lambda: None)()  # release the engine at once
+        sys.stdout.write("\n")
+        raise
+    finally:
+        engine.close()
+    assert result is not None
+    if args.json:
+        print(json.dumps(result_record(result, plan), ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        if result.stop_reason == "length":
+            print("huozi-local: the reply was cut at --max-tokens", file=sys.stderr)
+    return 0

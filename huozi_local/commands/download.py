@@ -1,0 +1,101 @@
+"""`huozi-local download`: fetch a model with a progress bar; Ctrl-C keeps what arrived."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "download",
+        help="download a model (resumable, verified, repaired for today's llama.cpp)",
+        description=(
+            "Download a model into the models folder. With no quant, the one that suits this "
+            "machine best. Interrupted downloads resume where they stopped."
+        ),
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default="huozi3",
+        help="FAMILY[:QUANT] (huozi3, huozi3:q2_k, huozi3.5:q4_k_m) or hf:OWNER/REPO/FILE.gguf",
+    )
+    parser.add_argument("--source", choices=("hf", "modelscope"), default="hf")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network (also HF_HUB_OFFLINE=1): report what is on disk",
+    )
+    parser.add_argument(
+        "--keep-original",
+        action="store_true",
+        help="keep a legacy file's original next to its repaired copy",
+    )
+    parser.add_argument(
+        "--endpoint", metavar="URL", help="hub endpoint or mirror (default: $HF_ENDPOINT)"
+    )
+    parser.set_defaults(handler=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from huozi_local.commands._download_ui import DownloadBar
+    from huozi_local.core.config import Paths
+    from huozi_local.core.download import DownloadResult, download_model
+    from huozi_local.core.errors import Cancelled
+
+    paths = Paths.from_env()
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    with DownloadBar(sys.stderr) as bar:
+
+        def work() -> None:
+            try:
+                outcome["result"] = download_model(
+                    args.model,
+                    paths,
+                    source=args.source,
+                    endpoint=args.endpoint,
+                    offline=args.offline,
+                    keep_original=args.keep_original,
+                    progress=bar.update,
+                    cancel=cancel,
+                )
+            except BaseException as exc:  # handed to the main thread, which reports it
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="huozi-download", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+    error = outcome.get("error")
+    if isinstance(error, Cancelled) or (error is None and cancel.is_set()):
+        print(f"huozi-local: {error or 'download cancelled'}", file=sys.stderr)
+        return 130
+    if error is not None:
+        raise error
+    result: DownloadResult = outcome["result"]
+    _report(result)
+    return 0
+
+
+def _report(result: Any) -> None:
+    from huozi_local.core.transfer import format_bytes
+
+    if result.already_present:
+        print(f"{result.spec} is already downloaded: {result.path}")
+        return
+    how = f", resumed at {format_bytes(result.resumed_from)}" if result.resumed_from else ""
+    print(f"downloaded {result.spec} ({format_bytes(result.bytes_downloaded)}{how}), sha256 OK")
+    if result.repaired:
+        print("repaired for today's llama.cpp: " + "; ".join(result.changes))
+    if result.original_path is not None:
+        print(f"original kept at {result.original_path}")
+    print(result.path)

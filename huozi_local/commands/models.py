@@ -1,0 +1,73 @@
+"""`huozi-local models`: what can be downloaded, what is on disk, and what fits this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list model families, quants, sizes, what is downloaded and what fits",
+        description="List every known model file, its state on disk and whether it fits here.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--offline", action="store_true", help="use only what is on disk (no hub listing)"
+    )
+    parser.add_argument("--endpoint", metavar="URL", help="hub endpoint or mirror")
+    parser.set_defaults(handler=run_models)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from huozi_local.core.config import Paths
+    from huozi_local.core.inventory import model_states
+
+    states = model_states(Paths.from_env(), offline=args.offline, endpoint=args.endpoint)
+    if args.json:
+        json.dump([s.to_json() for s in states], sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    _print_table(states)
+    return 0
+
+
+_STATE_STYLE = {
+    "verified": "green",
+    "repaired": "green",
+    "partial": "yellow",
+    "unverified": "yellow",
+    "missing": "dim",
+}
+_FITS_STYLE = {"fits": "green", "partial": "yellow", "no": "red"}
+
+
+def _print_table(states: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from huozi_local.core.transfer import format_bytes
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("model", "file", "size", "on disk", "fits here"):
+        table.add_column(column)
+    for state in states:
+        size = format_bytes(state.size_bytes) if state.size_bytes else "?"
+        on_disk = state.state
+        if state.state == "partial" and state.size_bytes:
+            on_disk = f"partial {100 * state.downloaded_bytes / state.size_bytes:.0f}%"
+        fits = state.fits or "-"
+        name = state.spec + (" (community)" if state.community else "")
+        table.add_row(
+            name,
+            state.filename,
+            size,
+            Text(on_disk, style=_STATE_STYLE.get(state.state, "")),
+            Text(fits, style=_FITS_STYLE.get(fits, "")),
+        )
+    Console().print(table)
+    print("download one with: huozi-local download FAMILY[:QUANT]")

@@ -1,0 +1,84 @@
+"""`huozi-local plan`: what-if planning for any hardware, or for this machine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from huozi_local.core.hardware import Machine
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="which quant, GPU layers and context fit a machine (this one or a what-if)",
+        description=(
+            "Plan a model for this machine, or for any hardware with --backend/--vram/--ram. "
+            "SIZE is like 8GiB, 24GB or 512MiB (GB = 10^9 bytes, GiB = 2^30)."
+        ),
+    )
+    parser.add_argument(
+        "--model", default="huozi3", help="FAMILY[:QUANT] or a path to a .gguf file"
+    )
+    parser.add_argument("--backend", choices=("cpu", "cuda", "metal", "rocm"))
+    parser.add_argument("--vram", metavar="SIZE", help="GPU memory (Metal: GPU working set)")
+    parser.add_argument("--ram", metavar="SIZE", help="total RAM")
+    parser.add_argument("--cores", type=int, default=None, help="physical cores (what-if)")
+    parser.add_argument("--ctx", type=int, default=None, help="use exactly this context size")
+    parser.add_argument(
+        "--max-ctx", type=int, default=32768, help="largest context to grow to (default 32768)"
+    )
+    parser.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="evaluate this n_gpu_layers instead of choosing",
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(handler=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from huozi_local.commands._plan_render import print_plan
+    from huozi_local.core.errors import HuoziError
+    from huozi_local.core.planner import plan_for_spec
+
+    for name in ("ctx", "max_ctx", "gpu_layers", "cores"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "gpu_layers" else 1):
+            raise HuoziError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    machine = _machine(args)
+    plan = plan_for_spec(
+        args.model, machine, max_ctx=args.max_ctx, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers
+    )
+    if args.json:
+        print(json.dumps(plan.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_plan(plan)
+    return 0
+
+
+def _machine(args: argparse.Namespace) -> Machine:
+    from huozi_local.core.errors import HuoziError
+    from huozi_local.core.hardware import Machine, detect_machine, probe_ram
+    from huozi_local.core.memory_model import parse_size
+
+    what_if = args.backend or args.vram or args.ram or args.cores
+    if not what_if:
+        return detect_machine()
+    try:
+        vram = parse_size(args.vram) if args.vram else 0
+        ram = parse_size(args.ram) if args.ram else None
+    except ValueError as exc:
+        raise HuoziError(str(exc)) from None
+    backend = args.backend or ("cuda" if vram else "cpu")
+    if backend in ("cuda", "rocm") and not vram:
+        raise HuoziError(f"--backend {backend} needs --vram SIZE")
+    if backend == "cpu" and vram:
+        raise HuoziError("--vram makes no sense with --backend cpu")
+    if ram is None:
+        ram = probe_ram()[0]
+    return Machine.synthetic(backend, vram, ram, cores=args.cores or 8)

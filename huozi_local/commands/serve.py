@@ -1,0 +1,81 @@
+"""`huozi-local serve`: the loaded model behind an OpenAI-compatible HTTP API.
+
+Loading (planner, --ctx, --gpu-layers, progress) and the sampling defaults (--temp, --max-tokens,
+--seed, --system over the settings) are the same as `chat` and `ask` use, through
+`commands/_engine_load.py`: a request that leaves a field out gets what the terminal chat would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from huozi_local.commands._engine_load import add_model_options
+
+EXTRA_HINT = "the server needs its extra: pipx install 'huozi-local[server]'"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the model over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve the model at /v1/chat/completions, /v1/completions and /v1/models for the "
+            "openai client, editors and chat UIs (roles system/user/assistant or 系统/用户/助手; "
+            "stop_token_ids and repetition_penalty accepted). Requests queue one at a time on "
+            "the model. Sampling options set the defaults of requests that leave them out."
+        ),
+    )
+    add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--model-id", help="the id /v1/models reports (default: the model's name)")
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from huozi_local.core.errors import HuoziError
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise HuoziError(EXTRA_HINT) from exc
+
+    from huozi_local.commands._engine_load import load_engine, sampling_from
+    from huozi_local.core.config import Paths
+    from huozi_local.core.model_files import resolve_local_model
+    from huozi_local.server.app import ServedModel, create_app
+    from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
+    from huozi_local.server.serving import raw_completer
+
+    sock = bind_socket(args.host, args.port)  # before the slow load: a busy port fails at once
+    try:
+        engine, _plan, settings = load_engine(args)
+        defaults = sampling_from(args, settings)
+        name = args.model_id or resolve_local_model(args.model, Paths.from_env(), settings.model)
+        model_id = name if isinstance(name, str) else name.display_name
+        served = ServedModel(engine, model_id, raw_completer(engine))
+        app = create_app(served, api_key=args.api_key, defaults=defaults, on_shutdown=engine.close)
+        server = make_server(app)
+        if not is_loopback(args.host) and not args.api_key:
+            print(
+                f"huozi-local: warning: listening on {args.host} without --api-key: "
+                "anyone who can reach this machine can use the model",
+                file=sys.stderr,
+            )
+        print(
+            f"huozi-local: serving {model_id} at {base_url(sock)} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+        print("huozi-local: server stopped, model released", file=sys.stderr)
+    finally:
+        sock.close()
+    return 0

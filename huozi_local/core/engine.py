@@ -1,0 +1,328 @@
+"""One loaded model answering a conversation: the `ChatBackend` every front end drives.
+
+Thread-safety: one reply at a time. `stream_reply` and `stream_completion` hold the engine's lock
+from their first event to their last (or until the caller closes the generator); a second caller
+blocks until then. Both run the one decode loop in `decode_loop`. Token
+counting (`prompt_tokens`, `count_tokens`) does not take the lock. Cancel a reply from any thread by
+setting its `cancel` event; generation stops before the next token.
+
+KV-cache reuse: llama-cpp-python keeps the tokens it evaluated and reuses their longest common
+prefix with the next prompt. Re-tokenizing a reply's text does not always give back the ids the
+model generated, so the engine remembers the exact ids of the replies it produced (keyed by their
+text) and puts them back when a reply returns in the history: turn N then evaluates only what was
+added since turn N-1. When old turns are dropped to fit the context, the prefix after the system
+message changes and the rest is evaluated again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huozi_local.core import huozi
+from huozi_local.core.chat_types import (
+    ChatMessage,
+    ContextTrimmed,
+    ReplyEvent,
+    SamplingOptions,
+)
+from huozi_local.core.context_window import fit_to_context
+from huozi_local.core.decode_loop import decode_reply
+from huozi_local.core.errors import HuoziError
+from huozi_local.core.gguf_file import GGUFFile
+from huozi_local.core.model_loader import check_model_file, load_llama
+from huozi_local.core.progress import ProgressCallback
+from huozi_local.core.template import (
+    Segment,
+    huozi_segments,
+    render_jinja_segments,
+    with_system_prompt,
+)
+from huozi_local.core.tokenize_safe import SafeTokenizer
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+REPLY_CACHE_SIZE = 256
+_ORDINARY_ATTRS = (1 << 0) | (1 << 2) | (1 << 5)  # LLAMA_TOKEN_ATTR_UNKNOWN | NORMAL | BYTE
+_SPECIAL_ATTRS = (1 << 3) | (1 << 4)  # CONTROL | USER_DEFINED: what llama.cpp may parse
+
+
+class LlamaEngine:
+    """A GGUF model loaded through llama-cpp-python, speaking the huozi format or its own."""
+
+    def __init__(
+        self,
+        llm: Llama,
+        path: Path,
+        gguf: GGUFFile,
+        *,
+        system_prompt: str | None = huozi.DEFAULT_SYSTEM_PROMPT,
+        seed: int | None = None,
+    ) -> None:
+        self._llm = llm
+        self._path = path
+        self._gguf = gguf
+        self._is_huozi = gguf.is_huozi
+        self.system_prompt = system_prompt
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._replies: OrderedDict[str, list[int]] = OrderedDict()
+        self._pieces: dict[int, bytes] = {}
+        self._vocab = llm._model.vocab
+        n_vocab = llm.n_vocab()
+        attrs = [int(_attr(self._vocab, i)) for i in range(n_vocab)]
+        unsafe = frozenset(i for i, a in enumerate(attrs) if not a & _ORDINARY_ATTRS)
+        special_texts = [
+            self._piece(i, special=True).decode("utf-8", "replace")
+            for i, a in enumerate(attrs)
+            if a & _SPECIAL_ATTRS
+        ]
+        byte_ids = {}
+        for i, text in enumerate(gguf.tokens[:n_vocab]):
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+                byte_ids[int(text[3:5], 16)] = i
+        self._tokenizer = SafeTokenizer(
+            lambda data, special: llm.tokenize(data, add_bos=False, special=special),
+            unsafe,
+            special_texts,
+            byte_ids,
+        )
+        import llama_cpp
+
+        stops = {i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, i)}
+        if self._is_huozi:
+            stops.add(huozi.END_OF_UTTERANCE_ID)
+        self._stop_ids = frozenset(stops)
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._bos_id = llm.token_bos()
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        flash_attn: bool = False,
+        kv_cache_type: str = "f16",
+        seed: int | None = None,
+        system_prompt: str | None = huozi.DEFAULT_SYSTEM_PROMPT,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> LlamaEngine:
+        """Check the file's header, then load it (HuoziError in one line when it cannot be)."""
+        model_path = Path(path).expanduser()
+        gguf = check_model_file(model_path)
+        llm = load_llama(
+            model_path,
+            n_ctx=n_ctx,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=n_threads,
+            flash_attn=flash_attn,
+            kv_cache_type=kv_cache_type,
+            seed=seed,
+            progress=progress,
+            cancel=cancel,
+        )
+        return cls(llm, model_path, gguf, system_prompt=system_prompt, seed=seed)
+
+    def close(self) -> None:
+        with self._lock:
+            self._llm.close()
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._gguf.name or self._path.stem
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def is_huozi(self) -> bool:
+        return self._is_huozi
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def llama(self) -> Llama:
+        """The underlying llama-cpp-python object (benchmarks and diagnostics)."""
+        return self._llm
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return self._stop_ids
+
+    # -- prompts --------------------------------------------------------------------------
+    def segments(self, messages: Sequence[ChatMessage]) -> list[Segment]:
+        """The prompt of `messages` (with the default system message added when none)."""
+        full = with_system_prompt(messages, self.system_prompt)
+        if self._is_huozi:
+            return huozi_segments(full)
+        template = self._gguf.chat_template
+        if not template:
+            raise HuoziError(f"{self._path.name} has no chat template and is not a huozi model")
+        bos = self._token_text(self._bos_id)
+        eos = self._token_text(self._llm.token_eos())
+        segments = render_jinja_segments(template, full, bos_token=bos, eos_token=eos)
+        return segments
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the prompt for `messages`, as `stream_reply` would evaluate them."""
+        ids = self._tokenizer.segments_to_ids(self.segments(messages), self._replies.get)
+        if not self._is_huozi and self._add_bos and (not ids or ids[0] != self._bos_id):
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.fragment(text))
+
+    def _token_text(self, token_id: int) -> str:
+        return (
+            self._piece(token_id, special=True).decode("utf-8", "replace") if token_id >= 0 else ""
+        )
+
+    def _piece(self, token_id: int, special: bool = False) -> bytes:
+        import llama_cpp
+
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def _reply_piece(self, token_id: int) -> bytes:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._piece(token_id)
+            self._pieces[token_id] = piece
+        return piece
+
+    def _remember_reply(self, text: str, ids: list[int]) -> None:
+        if not text:
+            return
+        self._replies[text] = ids
+        self._replies.move_to_end(text)
+        while len(self._replies) > REPLY_CACHE_SIZE:
+            self._replies.popitem(last=False)
+
+    # -- replies --------------------------------------------------------------------------
+    def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingOptions | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        """TextDelta events (whole characters), maybe ContextTrimmed first, then ReplyResult.
+
+        Raises HuoziError before the first event when even the last message cannot fit.
+        """
+        options = sampling or SamplingOptions()
+        with self._lock:
+            yield from self._reply_locked(list(messages), options, cancel)
+
+    def _reply_locked(
+        self,
+        messages: list[ChatMessage],
+        options: SamplingOptions,
+        cancel: threading.Event | None,
+    ) -> Iterator[ReplyEvent]:
+        started = time.perf_counter()
+        n_ctx = self.n_ctx
+        fitted = fit_to_context(messages, self.prompt_tokens, n_ctx, options.max_tokens)
+        if fitted.dropped_messages:
+            yield ContextTrimmed(
+                fitted.dropped_messages,
+                f"the conversation is longer than the model's context ({n_ctx} tokens): "
+                f"the oldest {fitted.dropped_messages} messages were left out of the prompt",
+            )
+        yield from self._decode_locked(
+            fitted.tokens,
+            options,
+            cancel,
+            started=started,
+            dropped_messages=fitted.dropped_messages,
+            on_finished=self._remember_exact_reply,
+        )
+
+    def stream_completion(
+        self,
+        prompt: str,
+        sampling: SamplingOptions | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        parse_special: bool = True,
+        add_bos: bool = True,
+    ) -> Iterator[ReplyEvent]:
+        """Continue `prompt` verbatim (no template, no system message): TextDelta, then ReplyResult.
+
+        Special tokens written in the prompt are parsed by default, as vLLM does for
+        /v1/completions: a raw prompt is the caller's own template text, so `<s>` or
+        `<|beginofutterance|>` must become one token, not the letters (llama.cpp parses
+        USER_DEFINED tokens, as huozi's utterance markers are in the official files, either way).
+        `add_bos` adds BOS only when the model's vocabulary asks for one. Stops exactly as
+        `stream_reply` does: the same decode loop, under the same lock. Raises HuoziError before
+        the first event when the prompt is empty or does not fit the context.
+        """
+        options = sampling or SamplingOptions()
+        with self._lock:
+            started = time.perf_counter()
+            ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=parse_special)
+            if not ids:
+                raise HuoziError("the prompt is empty: give the model some text to continue")
+            if len(ids) >= self.n_ctx:
+                raise HuoziError(
+                    f"the prompt is {len(ids)} tokens, the model's context is {self.n_ctx}: "
+                    "shorten it"
+                )
+            # not remembered: the reply cache is for chat replies coming back in a history
+            yield from self._decode_locked(ids, options, cancel, started=started)
+
+    def _decode_locked(
+        self,
+        prompt: list[int],
+        options: SamplingOptions,
+        cancel: threading.Event | None,
+        *,
+        started: float,
+        dropped_messages: int = 0,
+        on_finished: Callable[[str, list[int]], None] | None = None,
+    ) -> Iterator[ReplyEvent]:
+        stop_texts = (huozi.END_OF_UTTERANCE, *options.stop) if self._is_huozi else options.stop
+        yield from decode_reply(
+            self._llm,
+            prompt,
+            options,
+            cancel,
+            stop_ids=self._stop_ids,
+            stop_texts=stop_texts,
+            piece=self._reply_piece,
+            seed=options.seed if options.seed is not None else self._seed,
+            model=self.model_name,
+            started=started,
+            dropped_messages=dropped_messages,
+            on_finished=on_finished,
+        )
+
+    def _remember_exact_reply(self, text: str, ids: list[int]) -> None:
+        if b"".join(map(self._reply_piece, ids)).decode("utf-8", "replace") == text:
+            self._remember_reply(text, ids)  # not after a stop string: the ids hold more
+
+
+def _attr(vocab: object, token_id: int) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_vocab_get_attr(vocab, token_id))

@@ -1,0 +1,185 @@
+"""One configuration's memory against this machine's budgets: the Plan and its evaluation.
+
+Budgets: free VRAM minus a headroom (max(512 MiB, 1/32 of the card): other processes, driver
+fragmentation) and available RAM minus 1 GiB. On Metal the GPU budget is the working-set limit and
+the GPU's share also counts against RAM, which it shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from huozi_local.core.catalog import quant_rank
+from huozi_local.core.memory_model import (
+    GiB,
+    MemoryEstimate,
+    MiB,
+    ModelShape,
+    Placement,
+    estimate_memory,
+)
+
+if TYPE_CHECKING:
+    from huozi_local.core.hardware import Machine
+
+DEFAULT_BATCH = 512
+RAM_HEADROOM = 1 * GiB
+
+
+def gpu_headroom(vram_total: int) -> int:
+    return max(512 * MiB, vram_total // 32)
+
+
+@dataclass(frozen=True)
+class Budget:
+    backend: str
+    vram: int
+    ram: int
+
+
+def memory_budget(machine: Machine) -> Budget:
+    backend = machine.planning_backend
+    ram = max(0, machine.ram_available_bytes - RAM_HEADROOM)
+    if backend == "cpu":
+        return Budget(backend, 0, ram)
+    vram = sum(
+        max(0, g.vram_free_bytes - gpu_headroom(g.vram_total_bytes)) for g in machine.usable_gpus
+    )
+    if backend == "metal":
+        vram = min(vram, ram)
+    return Budget(backend, vram, ram)
+
+
+@dataclass(frozen=True)
+class Plan:
+    quant: str | None
+    model: str
+    n_layers: int
+    n_gpu_layers: int
+    n_ctx: int
+    n_threads: int
+    n_batch: int
+    flash_attn: bool
+    kv_cache_type: str
+    backend: str
+    vram_bytes: int
+    ram_bytes: int
+    vram_budget_bytes: int
+    ram_budget_bytes: int
+    fits: bool
+    fully_on_gpu: bool
+    breakdown: MemoryEstimate
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def verdict(self) -> str:
+        """'fits' (all on the GPU, or in RAM on a CPU machine), 'partial' (split) or 'no'."""
+        if not self.fits:
+            return "no"
+        return "fits" if self.fully_on_gpu or self.backend == "cpu" else "partial"
+
+    @property
+    def gpu_repeating_layers(self) -> int:
+        return Placement.from_n_gpu_layers(self.n_gpu_layers, self.n_layers).gpu_layers
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Exactly what LlamaEngine.load takes."""
+        return {
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "n_threads": self.n_threads,
+            "flash_attn": self.flash_attn,
+            "kv_cache_type": self.kv_cache_type,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "quant": self.quant,
+            "backend": self.backend,
+            "n_layers": self.n_layers,
+            "n_gpu_layers": self.n_gpu_layers,
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "n_batch": self.n_batch,
+            "flash_attn": self.flash_attn,
+            "kv_cache_type": self.kv_cache_type,
+            "vram_bytes": self.vram_bytes,
+            "ram_bytes": self.ram_bytes,
+            "vram_budget_bytes": self.vram_budget_bytes,
+            "ram_budget_bytes": self.ram_budget_bytes,
+            "fits": self.fits,
+            "fully_on_gpu": self.fully_on_gpu,
+            "breakdown": {
+                "gpu": self.breakdown.gpu.to_dict(),
+                "cpu": self.breakdown.cpu.to_dict(),
+                "unified_memory": self.breakdown.unified,
+            },
+            "reasons": list(self.reasons),
+        }
+
+    def with_reasons(self, reasons: list[str]) -> Plan:
+        return replace(self, reasons=tuple(reasons))
+
+
+def plan_rank(plan: Plan) -> tuple[bool, bool, float, int, int]:
+    """Bigger is better: fits, all on the GPU, quant quality, layers on the GPU, context."""
+    return (
+        plan.fits,
+        plan.fully_on_gpu,
+        quant_rank(plan.quant or ""),
+        plan.n_gpu_layers,
+        plan.n_ctx,
+    )
+
+
+def evaluate_plan(
+    shape: ModelShape,
+    machine: Machine,
+    *,
+    n_gpu_layers: int,
+    n_ctx: int,
+    quant: str | None = None,
+    model: str | None = None,
+    flash_attn: bool | None = None,
+    kv_cache_type: str = "f16",
+    n_batch: int = DEFAULT_BATCH,
+) -> Plan:
+    """The memory and the verdict of one given configuration."""
+    budget = memory_budget(machine)
+    backend = budget.backend
+    ngl = 0 if backend == "cpu" else max(0, min(n_gpu_layers, shape.n_layers + 1))
+    use_flash = machine.build.supports_flash_attn if flash_attn is None else flash_attn
+    if kv_cache_type != "f16" and not use_flash:
+        kv_cache_type = "f16"  # llama.cpp refuses a quantized V cache without flash attention
+    placement = Placement.from_n_gpu_layers(ngl, shape.n_layers)
+    estimate = estimate_memory(
+        shape,
+        placement,
+        backend=backend,
+        n_ctx=n_ctx,
+        n_ubatch=n_batch,
+        kv_type=kv_cache_type,
+        flash_attn=use_flash,
+    )
+    fits = estimate.vram_bytes <= budget.vram and estimate.ram_bytes <= budget.ram
+    return Plan(
+        quant=quant,
+        model=model or shape.name,
+        n_layers=shape.n_layers,
+        n_gpu_layers=ngl,
+        n_ctx=n_ctx,
+        n_threads=max(1, machine.physical_cores),
+        n_batch=n_batch,
+        flash_attn=use_flash,
+        kv_cache_type=kv_cache_type,
+        backend=backend,
+        vram_bytes=estimate.vram_bytes,
+        ram_bytes=estimate.ram_bytes,
+        vram_budget_bytes=budget.vram,
+        ram_budget_bytes=budget.ram,
+        fits=fits,
+        fully_on_gpu=backend != "cpu" and placement.is_full(shape.n_layers),
+        breakdown=estimate,
+    )

@@ -1,0 +1,360 @@
+"""Which quant, how many GPU layers, how much context: the best configuration that fits.
+
+Pure functions of a ModelShape (memory_model) and a Machine (hardware); deterministic. The rules:
+
+1. The best quant that fits entirely on the GPU (everything on the GPU is several times faster
+   than any split), with n_ctx grown from 2048 toward the model's 32768 while it still fits.
+2. Otherwise the best quality that fits GPU + RAM, with as many layers on the GPU as fit at
+   n_ctx 2048; the context then grows only while that layer count still fits.
+3. Otherwise refuse: the plan says fits=False and what it needs against what there is.
+
+A plan is "better" than another by `plan_rank`: fits, then fully on the GPU, then quant quality,
+then layers on the GPU, then n_ctx. More memory never gives a worse plan (tested on a grid).
+
+Budgets and the evaluation of one configuration live in plan_model; Plan and evaluate_plan are
+re-exported here, the names other modules import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huozi_local.core.memory_model import ModelShape, format_bytes
+from huozi_local.core.plan_model import (
+    DEFAULT_BATCH,
+    Budget,
+    Plan,
+    evaluate_plan,
+    memory_budget,
+    plan_rank,
+)
+
+if TYPE_CHECKING:
+    from huozi_local.core.catalog import ModelFamily
+    from huozi_local.core.gguf_file import GGUFFile
+    from huozi_local.core.hardware import Machine
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "Budget",
+    "Plan",
+    "QuantOption",
+    "choose_plan",
+    "evaluate_plan",
+    "memory_budget",
+    "plan_for_file",
+    "plan_for_spec",
+    "plan_rank",
+    "rank_quants",
+]
+
+MIN_CTX = 2048
+DEFAULT_MAX_CTX = 32768
+
+
+def _context_steps(shape: ModelShape, max_ctx: int) -> list[int]:
+    ceiling = min(max_ctx, shape.context_length or DEFAULT_MAX_CTX)
+    base = min(MIN_CTX, ceiling)
+    steps = [base]
+    while steps[-1] * 2 <= ceiling:
+        steps.append(steps[-1] * 2)
+    if steps[-1] < ceiling:
+        steps.append(ceiling)
+    return steps
+
+
+def best_plan_for_shape(
+    shape: ModelShape,
+    machine: Machine,
+    *,
+    quant: str | None = None,
+    model: str | None = None,
+    max_ctx: int = DEFAULT_MAX_CTX,
+    n_gpu_layers: int | None = None,
+    n_ctx: int | None = None,
+) -> Plan:
+    """The most layers on the GPU at the base context, then the largest context at those layers.
+
+    A fixed `n_gpu_layers` or `n_ctx` is kept as given and only the other is chosen.
+    """
+    steps = [n_ctx] if n_ctx is not None else _context_steps(shape, max_ctx)
+
+    def evaluate(ngl: int, ctx: int, kv: str = "f16") -> Plan:
+        return evaluate_plan(
+            shape, machine, n_gpu_layers=ngl, n_ctx=ctx, quant=quant, model=model, kv_cache_type=kv
+        )
+
+    if n_gpu_layers is not None:
+        layers = n_gpu_layers
+    elif machine.planning_backend == "cpu":
+        layers = 0
+    else:
+        layers = 0
+        for ngl in range(shape.n_layers + 1, -1, -1):
+            if evaluate(ngl, steps[0]).fits:
+                layers = ngl
+                break
+    plan = evaluate(layers, steps[0])
+    if not plan.fits:
+        return plan
+    for ctx in steps[1:]:
+        grown = evaluate(layers, ctx)
+        if not grown.fits and plan.flash_attn:
+            grown = evaluate(layers, ctx, "q8_0")
+        if not grown.fits:
+            break
+        plan = grown
+    return plan
+
+
+def _explain(plan: Plan, machine: Machine, *, why_quant: str, shape: ModelShape) -> Plan:
+    lines = [_backend_line(plan, machine), why_quant]
+    repeating = plan.gpu_repeating_layers
+    if plan.backend == "cpu":
+        lines.append("n_gpu_layers: 0: everything runs on the CPU from RAM (weights mmap'd)")
+    elif plan.fully_on_gpu:
+        lines.append(
+            f"n_gpu_layers: {plan.n_gpu_layers}: all {plan.n_layers} layers and the output "
+            "on the GPU"
+        )
+    else:
+        lines.append(
+            f"n_gpu_layers: {plan.n_gpu_layers}: {repeating} of {plan.n_layers} layers"
+            f"{' and the output' if plan.n_gpu_layers else ''} on the GPU, the rest on the CPU "
+            f"(GPU budget {format_bytes(plan.vram_budget_bytes)})"
+        )
+    ceiling = min(shape.context_length or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+    kv = plan.breakdown.gpu.kv + plan.breakdown.cpu.kv
+    ctx_line = f"n_ctx: {plan.n_ctx} (KV cache {format_bytes(kv)} in {plan.kv_cache_type})"
+    if plan.n_ctx < ceiling and plan.fits:
+        ctx_line += f"; {plan.n_ctx * 2} would not fit or is above the cap"
+    lines.append(ctx_line)
+    lines.append(f"threads: {plan.n_threads} (physical cores; hyper-threads slow llama.cpp down)")
+    if plan.flash_attn:
+        lines.append("flash attention: on (this build supports it; no n_ctx x heads score matrix)")
+    else:
+        lines.append("flash attention: off (this build does not support it)")
+    if plan.kv_cache_type == "q8_0":
+        lines.append("KV cache: q8_0: half the memory of f16, so the context could grow")
+    lines.append(
+        f"memory: GPU {format_bytes(plan.vram_bytes)} of {format_bytes(plan.vram_budget_bytes)}, "
+        f"RAM {format_bytes(plan.ram_bytes)} of {format_bytes(plan.ram_budget_bytes)} "
+        "(budgets after headroom)"
+    )
+    if not plan.fits:
+        lines.append(_needs_line(plan))
+    return plan.with_reasons(lines)
+
+
+def _backend_line(plan: Plan, machine: Machine) -> str:
+    if plan.backend != "cpu":
+        gpu = machine.usable_gpus[0]
+        return (
+            f"backend: {plan.backend} ({gpu.name}, {format_bytes(gpu.vram_total_bytes)}, "
+            f"{format_bytes(gpu.vram_free_bytes)} free)"
+        )
+    if machine.unusable_gpus:
+        names = ", ".join(g.name for g in machine.unusable_gpus)
+        return f"backend: cpu: this llama-cpp-python build cannot use {names} (see doctor)"
+    return "backend: cpu (no usable GPU)"
+
+
+def _needs_line(plan: Plan) -> str:
+    parts = []
+    if plan.ram_bytes > plan.ram_budget_bytes:
+        parts.append(
+            f"RAM {format_bytes(plan.ram_bytes)} (has {format_bytes(plan.ram_budget_bytes)})"
+        )
+    if plan.vram_bytes > plan.vram_budget_bytes:
+        parts.append(
+            f"GPU {format_bytes(plan.vram_bytes)} (has {format_bytes(plan.vram_budget_bytes)})"
+        )
+    return "does not fit: needs " + " and ".join(parts) if parts else "fits"
+
+
+@dataclass(frozen=True)
+class QuantOption:
+    quant: str
+    size_bytes: int
+    plan: Plan
+    verdict: str  # "fits" (all on the best backend) | "partial" (split GPU/CPU) | "no"
+
+    @property
+    def fits(self) -> bool:
+        return self.plan.fits
+
+    @property
+    def n_gpu_layers(self) -> int:
+        return self.plan.n_gpu_layers
+
+    @property
+    def n_ctx(self) -> int:
+        return self.plan.n_ctx
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.plan.reasons
+
+
+def _verdict(plan: Plan) -> str:
+    return plan.verdict
+
+
+def rank_quants(
+    family: ModelFamily, machine: Machine, *, max_ctx: int = DEFAULT_MAX_CTX
+) -> list[QuantOption]:
+    """Every quant of the family with its best plan, best quality first."""
+    options = []
+    for quant in family.by_quality():
+        shape = ModelShape.from_manifest(family, quant)
+        plan = best_plan_for_shape(
+            shape, machine, quant=quant.quant, model=f"{family.name}:{quant.quant}", max_ctx=max_ctx
+        )
+        why = (
+            f"quant: {quant.quant}: "
+            + {
+                "fits": "runs entirely on " + ("the GPU" if plan.backend != "cpu" else "the CPU"),
+                "partial": "split between the GPU and the CPU",
+                "no": "does not fit this machine",
+            }[_verdict(plan)]
+        )
+        plan = _explain(plan, machine, why_quant=why, shape=shape)
+        options.append(QuantOption(quant.quant, quant.size_bytes, plan, _verdict(plan)))
+    return options
+
+
+def choose_plan(
+    family: ModelFamily,
+    machine: Machine,
+    *,
+    max_ctx: int = DEFAULT_MAX_CTX,
+    quant: str | None = None,
+    n_ctx: int | None = None,
+) -> Plan:
+    """The family's best plan on this machine (over its quants, or for one quant)."""
+    quants = [family.quant(quant)] if quant else family.by_quality()
+    candidates: list[tuple[Plan, ModelShape]] = []
+    for q in quants:
+        shape = ModelShape.from_manifest(family, q)
+        plan = best_plan_for_shape(
+            shape,
+            machine,
+            quant=q.quant,
+            model=f"{family.name}:{q.quant}",
+            max_ctx=max_ctx,
+            n_ctx=n_ctx,
+        )
+        candidates.append((plan, shape))
+    if not candidates:
+        from huozi_local.core.errors import HuoziError
+
+        raise HuoziError(f"{family.name} lists no quantized files")
+    best, shape = max(candidates, key=lambda c: plan_rank(c[0]))
+    if quant:
+        why = f"quant: {best.quant} (as asked)"
+    elif best.fully_on_gpu:
+        why = f"quant: {best.quant}: the best quality that fits entirely on the GPU"
+    elif best.fits and best.backend != "cpu":
+        why = (
+            f"quant: {best.quant}: no quant fits entirely on the GPU; "
+            "the best quality that fits GPU + RAM"
+        )
+    elif best.fits:
+        why = f"quant: {best.quant}: the best quality that fits in RAM"
+    else:
+        smallest = min(candidates, key=lambda c: c[0].ram_bytes + c[0].vram_bytes)
+        best, shape = smallest
+        why = f"quant: none fits; {best.quant} is the smallest"
+    return _explain(best, machine, why_quant=why, shape=shape)
+
+
+def _quant_of(gguf: GGUFFile) -> str | None:
+    file_type = gguf.get("general.file_type")
+    if file_type is None:
+        return None
+    try:
+        import gguf as gguf_py
+
+        name = gguf_py.LlamaFileType(int(file_type)).name.lower()
+    except (ValueError, ImportError):
+        return None
+    return str(name).removeprefix("mostly_").removeprefix("all_")
+
+
+def plan_for_file(
+    path_or_gguf: str | Path | GGUFFile,
+    machine: Machine,
+    *,
+    max_ctx: int = DEFAULT_MAX_CTX,
+    n_gpu_layers: int | None = None,
+    n_ctx: int | None = None,
+) -> Plan:
+    """The plan for one GGUF file, its shape read from the real header (GGUFError if unreadable)."""
+    from huozi_local.core.gguf_file import read_gguf
+
+    gguf = read_gguf(Path(path_or_gguf)) if isinstance(path_or_gguf, (str, Path)) else path_or_gguf
+    shape = ModelShape.from_gguf(gguf)
+    quant = _quant_of(gguf)
+    if n_gpu_layers is not None and n_ctx is None:
+        n_ctx = min(MIN_CTX, shape.context_length or MIN_CTX)
+    plan = best_plan_for_shape(
+        shape,
+        machine,
+        quant=quant,
+        model=str(gguf.path),
+        max_ctx=max_ctx,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+    )
+    asked = n_gpu_layers is not None
+    why = f"quant: {quant or 'unknown'} (the file's own)" + (", layers as asked" if asked else "")
+    return _explain(plan, machine, why_quant=why, shape=shape)
+
+
+def evaluate_family_plan(
+    family: ModelFamily, quant: str, machine: Machine, *, n_gpu_layers: int, n_ctx: int
+) -> Plan:
+    """One given configuration of a family's quant, explained (for `plan --gpu-layers`)."""
+    q = family.quant(quant)
+    shape = ModelShape.from_manifest(family, q)
+    plan = evaluate_plan(
+        shape,
+        machine,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        quant=q.quant,
+        model=f"{family.name}:{q.quant}",
+    )
+    return _explain(plan, machine, why_quant=f"quant: {q.quant} (as asked)", shape=shape)
+
+
+def plan_for_spec(
+    text: str,
+    machine: Machine,
+    *,
+    max_ctx: int = DEFAULT_MAX_CTX,
+    n_ctx: int | None = None,
+    n_gpu_layers: int | None = None,
+) -> Plan:
+    """`--model` as the user wrote it: FAMILY, FAMILY:QUANT or a path to a GGUF file."""
+    from huozi_local.core.catalog import get_family, parse_model_spec
+    from huozi_local.core.errors import HuoziError
+
+    spec = parse_model_spec(text)
+    if spec.kind == "path" and spec.path is not None:
+        if not spec.path.is_file():
+            raise HuoziError(f"no such model file: {spec.path}")
+        return plan_for_file(
+            spec.path, machine, max_ctx=max_ctx, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx
+        )
+    if spec.kind != "family" or spec.family is None:
+        raise HuoziError(f"plan takes a family or a local .gguf file, not '{text}'")
+    family = get_family(spec.family)
+    if n_gpu_layers is None:
+        return choose_plan(family, machine, max_ctx=max_ctx, quant=spec.quant, n_ctx=n_ctx)
+    quant = spec.quant or choose_plan(family, machine, max_ctx=max_ctx).quant
+    assert quant is not None
+    ctx = n_ctx if n_ctx is not None else family.sampling.n_ctx
+    return evaluate_family_plan(family, quant, machine, n_gpu_layers=n_gpu_layers, n_ctx=ctx)

@@ -1,0 +1,381 @@
+"""A `ChatBackend` that talks to any OpenAI-compatible server: `huozi-local serve` on another
+machine, a vLLM deployment of huozi (the model README's setup), llama-server.
+
+Standard library only (http.client): the app must not depend on the `openai` package, and the core
+must not depend on the server extra. What the request carries depends on who answers:
+
+- a huozi model (its id says so, or the server is ours): the README's vLLM fields
+  (`stop_token_ids: [57001]`, `repetition_penalty`) and the Chinese roles 系统/用户/助手, because
+  vLLM applies huozi's own chat template, which writes the role names verbatim into the prompt;
+- anything else: plain OpenAI fields and roles, since the OpenAI API rejects unknown fields.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from huozi_local.core import huozi
+from huozi_local.core.chat_types import (
+    ChatMessage,
+    ReplyEvent,
+    ReplyResult,
+    SamplingOptions,
+    StopReason,
+    TextDelta,
+)
+from huozi_local.core.errors import HuoziError
+from huozi_local.core.template import with_system_prompt
+
+OUR_OWNER = "huozi-local"
+FALLBACK_N_CTX = 4096
+CHINESE_ROLES = {
+    "system": huozi.ROLE_SYSTEM,
+    "user": huozi.ROLE_USER,
+    "assistant": huozi.ROLE_ASSISTANT,
+}
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # e.g. "/v1"
+    display: str
+
+
+def parse_endpoint(url: str) -> _Endpoint:
+    """`http://host:8000`, `http://host:8000/v1/` and `host:8000` all mean the same API root."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HuoziError(f"not an http(s) endpoint URL: {url!r} (e.g. http://127.0.0.1:8000/v1)")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise HuoziError(f"bad port in endpoint URL {url!r}") from exc
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    display = f"{parts.scheme}://{parts.netloc}{path}"
+    return _Endpoint(parts.scheme, parts.hostname, port, path, display)
+
+
+class RemoteBackend:
+    """An OpenAI-compatible endpoint as a chat backend (streaming, stop reasons, usage)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        *,
+        system_prompt: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self._endpoint = parse_endpoint(endpoint)
+        # Like LlamaEngine.system_prompt: sent first when the conversation has no system message.
+        self.system_prompt = system_prompt
+        self._api_key = api_key or None
+        self._requested_model = model
+        self._timeout = timeout
+        self._model: str | None = None
+        self._n_ctx = FALLBACK_N_CTX
+        self._ours = False
+
+    # -- ChatBackend -------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        self.connect()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def n_ctx(self) -> int:
+        """The server's context when it says (ours, vLLM, llama-server); else a modest guess."""
+        self.connect()
+        return self._n_ctx
+
+    def close(self) -> None:
+        """Nothing is held between replies (one connection per reply); here for parity with the
+        engine, which front ends close when they finish."""
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint.display
+
+    @property
+    def speaks_huozi(self) -> bool:
+        """Whether requests carry the huozi fields and roles (see the module docstring)."""
+        self.connect()
+        return self._ours or "huozi" in (self._model or "").lower()
+
+    def connect(self) -> None:
+        """Ask the server which models it serves (once); fails with one line when it cannot."""
+        if self._model is not None:
+            return
+        body = self._request_json("GET", "/models", None)
+        entries = [e for e in body.get("data") or [] if isinstance(e, dict) and "id" in e]
+        if not entries:
+            raise HuoziError(f"{self.endpoint} serves no models (GET /models listed none)")
+        ids = [str(e["id"]) for e in entries]
+        if self._requested_model is not None and self._requested_model not in ids:
+            raise HuoziError(
+                f"{self.endpoint} has no model '{self._requested_model}' "
+                f"(it serves: {', '.join(ids)})"
+            )
+        chosen = next(e for e in entries if self._requested_model in (None, e["id"]))
+        self._model = str(chosen["id"])
+        self._ours = chosen.get("owned_by") == OUR_OWNER
+        self._n_ctx = _context_size(chosen) or FALLBACK_N_CTX
+
+    def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingOptions | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        self.connect()
+        sampling = sampling or SamplingOptions()
+        payload = self._chat_payload(messages, sampling)
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        parts: list[str] = []
+        chunks = 0
+        finish: str | None = None
+        usage: dict[str, Any] = {}
+        cancel = cancel or threading.Event()
+        connection, response = self._open("POST", "/chat/completions", payload)
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=_hang_up_on_cancel, args=(connection, cancel, done), daemon=True
+        )
+        watcher.start()
+        try:
+            for data in _sse_events(response, cancel):
+                if isinstance(data.get("error"), dict):
+                    raise HuoziError(f"{self.endpoint}: {_error_message(data)}")
+                if isinstance(data.get("usage"), dict):
+                    usage = data["usage"]
+                for choice in data.get("choices") or []:
+                    if choice.get("index", 0) != 0:
+                        continue
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        chunks += 1
+                        parts.append(text)
+                        yield TextDelta(text)
+                    finish = choice.get("finish_reason") or finish
+        except (OSError, http.client.HTTPException) as exc:
+            if not cancel.is_set():
+                raise HuoziError(f"lost the connection to {self.endpoint}: {exc}") from exc
+        finally:
+            done.set()
+            connection.close()
+        yield self._result(parts, finish, usage, chunks, cancel.is_set(), started, first_token_at)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _chat_payload(
+        self, messages: Sequence[ChatMessage], sampling: SamplingOptions
+    ) -> dict[str, Any]:
+        huozi_fields = self.speaks_huozi
+        roles = CHINESE_ROLES if huozi_fields else {r: r for r in CHINESE_ROLES}
+        full = with_system_prompt(messages, self.system_prompt)
+        payload: dict[str, Any] = {
+            "model": self._model,
+            "messages": [{"role": roles[m.role], "content": m.content} for m in full],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.seed is not None:
+            payload["seed"] = sampling.seed
+        if sampling.stop:
+            payload["stop"] = list(sampling.stop)
+        if huozi_fields:
+            stop_ids = dict.fromkeys((huozi.END_OF_UTTERANCE_ID, *sampling.stop_token_ids))
+            payload["stop_token_ids"] = list(stop_ids)
+            payload["repetition_penalty"] = sampling.repeat_penalty
+        return payload
+
+    def _result(
+        self,
+        parts: list[str],
+        finish: str | None,
+        usage: dict[str, Any],
+        chunks: int,
+        cancelled: bool,
+        started: float,
+        first_token_at: float | None,
+    ) -> ReplyResult:
+        ended = time.perf_counter()
+        stop_reason: StopReason = "cancelled" if cancelled else "stop"
+        if not cancelled and finish == "length":
+            stop_reason = "length"
+        completion_tokens = int(usage.get("completion_tokens") or chunks)
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        generating = ended - (first_token_at or ended)
+        return ReplyResult(
+            text="".join(parts),
+            stop_reason=stop_reason,
+            prompt_tokens=prompt_tokens,
+            evaluated_prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_s=(first_token_at or ended) - started,
+            tokens_per_s=(completion_tokens - 1) / generating if generating > 0 else 0.0,
+            model=self._model or "",
+            extra={"endpoint": self.endpoint, "usage_reported": bool(usage)},
+        )
+
+    def _connection(self) -> http.client.HTTPConnection:
+        ep = self._endpoint
+        if ep.scheme == "https":
+            context = ssl.create_default_context()
+            return http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=self._timeout, context=context
+            )
+        return http.client.HTTPConnection(ep.host, ep.port, timeout=self._timeout)
+
+    def _open(
+        self, method: str, path: str, payload: dict[str, Any] | None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send a request; any failure becomes one line naming the endpoint and what to do."""
+        headers = {"Accept": "application/json, text/event-stream"}
+        body = None
+        if payload is not None:
+            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        connection = self._connection()
+        try:
+            connection.request(method, self._endpoint.base_path + path, body, headers)
+            response = connection.getresponse()
+        except ConnectionRefusedError as exc:
+            connection.close()
+            raise HuoziError(
+                f"cannot reach {self.endpoint}: connection refused (is the server running?)"
+            ) from exc
+        except socket.gaierror as exc:
+            connection.close()
+            raise HuoziError(f"cannot reach {self.endpoint}: unknown host") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise HuoziError(f"cannot reach {self.endpoint}: {exc}") from exc
+        if response.status >= 400:
+            raw = response.read()
+            connection.close()
+            raise HuoziError(self._http_error_line(response.status, raw, path))
+        return connection, response
+
+    def _request_json(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        connection, response = self._open(method, path, payload)
+        try:
+            raw = response.read()
+        finally:
+            connection.close()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HuoziError(
+                f"{self.endpoint}{path} did not answer with JSON: is it an OpenAI-compatible API?"
+            ) from exc
+        if not isinstance(data, dict):
+            raise HuoziError(f"{self.endpoint}{path} answered with unexpected JSON")
+        return data
+
+    def _http_error_line(self, status: int, raw: bytes, path: str) -> str:
+        try:
+            detail = _error_message(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            detail = raw.decode("utf-8", "replace").strip().splitlines()[0][:200] if raw else ""
+        detail = f": {detail}" if detail else ""
+        if status == 401:
+            return f"{self.endpoint} refused the API key (401){detail}; pass the right --api-key"
+        if status == 404 and path == "/models":
+            return f"{self.endpoint} has no OpenAI API here (404 on {path}); check the URL"
+        if status == 404:
+            return f"{self.endpoint}: model '{self._model}' not found (404){detail}"
+        return f"{self.endpoint} answered {status}{detail}"
+
+
+def _context_size(entry: dict[str, Any]) -> int:
+    """`n_ctx` (ours), `max_model_len` (vLLM) or `meta.n_ctx_train` (llama-server)."""
+    meta = entry.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    for value in (entry.get("n_ctx"), entry.get("max_model_len"), meta.get("n_ctx_train")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _error_message(data: Any) -> str:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    if isinstance(error, str):
+        return error
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])
+    return ""
+
+
+def _sse_events(
+    response: http.client.HTTPResponse, cancel: threading.Event
+) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, up to `data: [DONE]`."""
+    data_lines: list[str] = []
+    while not cancel.is_set():
+        raw = response.readline()
+        if not raw:
+            return
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip(" "))
+            continue
+        if line or not data_lines:
+            continue  # comments, `event:` lines, keep-alives
+        payload = "\n".join(data_lines)
+        data_lines = []
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise HuoziError(f"the server sent a malformed event: {payload[:120]!r}") from exc
+        if isinstance(event, dict):
+            yield event
+
+
+def _hang_up_on_cancel(
+    connection: http.client.HTTPConnection, cancel: threading.Event, done: threading.Event
+) -> None:
+    """Close the socket when the caller cancels, even while blocked waiting for the first token:
+    the server sees the disconnect and stops generating."""
+    while not done.is_set():
+        if cancel.wait(0.05):
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            return

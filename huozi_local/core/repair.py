@@ -1,0 +1,382 @@
+"""Turn an official February-2024 huozi3 GGUF into one today's llama.cpp loads and chats with.
+
+Two things are wrong with those files. Each expert is its own tensor (`blk.N.ffn_gate.E.weight`),
+which llama.cpp stopped loading in 2024; it wants `blk.N.ffn_gate_exps.weight` with the experts
+stacked on the outermost axis. Because ggml stores a 3-D tensor as its 2-D slices one after the
+other, the merge is a byte-exact concatenation of the experts' quantized data: nothing is
+dequantized, so the repaired model computes exactly what the original did. And the metadata does
+not say that 57001 ends a turn, nor what the chat template is, nor that the utterance tokens are
+control tokens (so a user typing `<|endofutterance|>` could end the model's turn).
+
+The source file is never written to. The result is built under a `.partial` name in the target
+folder, verified, and only then renamed, so an interrupted run never leaves a file that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huozi_local import __version__
+from huozi_local.core import huozi
+from huozi_local.core.errors import GGUFError, HuoziError, NotEnoughDisk
+from huozi_local.core.gguf_file import (
+    KNOWN_ARCHITECTURES,
+    MERGED_EXPERT_RE,
+    SPLIT_EXPERT_RE,
+    GGUFFile,
+    TensorInfo,
+    TokenType,
+    ValueType,
+    read_gguf,
+)
+from huozi_local.core.gguf_rewrite import (
+    DISK_FULL_ERRNOS,
+    Header,
+    OutTensor,
+    Piece,
+    SourceHasher,
+    build_header,
+    copy_segments,
+    disk_full_error,
+    encode_kv,
+    open_partial,
+    open_source,
+    plan_segments,
+    pwrite_all,
+)
+from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
+
+SOURCE_SHA256_KEY = "huozi_local.repair.source_sha256"
+VERSION_KEY = "huozi_local.repair.version"
+PARTIAL_SUFFIX = ".partial"
+_SHA_PLACEHOLDER = "0" * 64
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    output: Path | None  # None when there was nothing to do
+    nothing_to_do: bool
+    changes: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    source_sha256: str = ""  # "" when nothing was done and the caller did not pass one
+
+
+def default_output(src: Path) -> Path:
+    return src.with_name(f"{src.stem}.repaired.gguf")
+
+
+def disk_free_bytes(folder: Path) -> int:
+    """Free bytes where the repaired file goes (a function so tests can pretend a full disk)."""
+    return shutil.disk_usage(folder).free
+
+
+# -- what to change ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _MetadataFix:
+    key: str
+    value_type: ValueType
+    value: object
+    array_type: ValueType | None = None
+
+
+def _expert_groups(gguf: GGUFFile) -> dict[tuple[int, str], list[TensorInfo]]:
+    """Legacy expert tensors by (layer, kind), checked to form complete, uniform expert sets."""
+    groups: dict[tuple[int, str], dict[int, TensorInfo]] = {}
+    for tensor in gguf.tensors:
+        match = SPLIT_EXPERT_RE.match(tensor.name)
+        if match:
+            key = (int(match.group(1)), match.group(2))
+            groups.setdefault(key, {})[int(match.group(3))] = tensor
+    merged_names = {t.name for t in gguf.tensors if MERGED_EXPERT_RE.match(t.name)}
+    ordered: dict[tuple[int, str], list[TensorInfo]] = {}
+    for (layer, kind), experts in groups.items():
+        where = f"{gguf.path}: layer {layer} ffn_{kind}"
+        expected = gguf.n_expert or len(experts)
+        if sorted(experts) != list(range(expected)):
+            raise GGUFError(
+                f"{where} has experts {sorted(experts)}, expected 0..{expected - 1}: "
+                "the file is damaged"
+            )
+        if f"blk.{layer}.ffn_{kind}_exps.weight" in merged_names:
+            raise GGUFError(f"{where} is stored both merged and split: the file is damaged")
+        tensors = [experts[i] for i in range(expected)]
+        first = tensors[0]
+        if len(first.shape) != 2 or any(
+            (t.shape, t.ggml_type) != (first.shape, first.ggml_type) for t in tensors
+        ):
+            raise GGUFError(f"{where}: the experts differ in shape or type, so cannot be merged")
+        ordered[(layer, kind)] = tensors
+    return ordered
+
+
+def _metadata_fixes(gguf: GGUFFile) -> tuple[list[_MetadataFix], list[str]]:
+    """The huozi turn-ending fixes this file lacks, and a human line for each."""
+    if not gguf.is_huozi:
+        return [], []
+    fixes: list[_MetadataFix] = []
+    lines: list[str] = []
+    end_id = huozi.END_OF_UTTERANCE_ID
+    for role in ("eos", "eot"):
+        key = f"tokenizer.ggml.{role}_token_id"
+        current = gguf.get(key)
+        if current != end_id:
+            fixes.append(_MetadataFix(key, ValueType.UINT32, end_id))
+            shown = "unset" if current is None else current
+            lines.append(f"{role}_token_id {shown} -> {end_id} ({huozi.END_OF_UTTERANCE})")
+    types_entry = gguf.kv.get("tokenizer.ggml.token_type")
+    if types_entry is not None:
+        types = list(types_entry.value)
+        changed = False
+        for token_id in (huozi.BEGIN_OF_UTTERANCE_ID, huozi.END_OF_UTTERANCE_ID):
+            if types[token_id] != TokenType.CONTROL:
+                lines.append(
+                    f"token type of {token_id} {gguf.token_text(token_id)} "
+                    f"{gguf.token_type_name(token_id)} -> control"
+                )
+                types[token_id] = int(TokenType.CONTROL)
+                changed = True
+        if changed:
+            fixes.append(
+                _MetadataFix(types_entry.key, ValueType.ARRAY, types, types_entry.array_type)
+            )
+    if gguf.chat_template is None:
+        fixes.append(_MetadataFix("tokenizer.chat_template", ValueType.STRING, huozi.CHAT_TEMPLATE))
+        lines.append("embedded the huozi chat template as tokenizer.chat_template")
+    return fixes, lines
+
+
+def repair_plan(gguf: GGUFFile) -> list[str]:
+    """What `repair_gguf` would change, one human line each; empty means nothing to do."""
+    groups = _expert_groups(gguf)
+    lines: list[str] = []
+    if groups:
+        n_split = sum(len(t) for t in groups.values())
+        lines.append(
+            f"merged {n_split} expert tensors into {len(groups)} 3-D ffn_*_exps tensors "
+            "(bytes restacked, nothing dequantized)"
+        )
+    lines += _metadata_fixes(gguf)[1]
+    return lines
+
+
+# -- the new header --------------------------------------------------------------------------------
+def _out_tensors(gguf: GGUFFile) -> list[OutTensor]:
+    """Source order; each merged tensor takes the place of its expert 0."""
+    groups = _expert_groups(gguf)
+    by_first = {tensors[0].name: key for key, tensors in groups.items()}
+    out: list[OutTensor] = []
+    for tensor in gguf.tensors:
+        if SPLIT_EXPERT_RE.match(tensor.name):
+            key = by_first.get(tensor.name)
+            if key is None:
+                continue  # experts 1..n-1 travel with expert 0
+            experts = groups[key]
+            layer, kind = key
+            out.append(
+                OutTensor(
+                    name=f"blk.{layer}.ffn_{kind}_exps.weight",
+                    shape=(*tensor.shape, len(experts)),
+                    ggml_type=tensor.ggml_type,
+                    pieces=tuple(Piece(gguf.data_offset + t.offset, t.n_bytes) for t in experts),
+                )
+            )
+        else:
+            out.append(
+                OutTensor(
+                    tensor.name,
+                    tensor.shape,
+                    tensor.ggml_type,
+                    (Piece(gguf.data_offset + tensor.offset, tensor.n_bytes),),
+                )
+            )
+    return out
+
+
+def _kv_blobs(gguf: GGUFFile, fixes: list[_MetadataFix], source_sha256: str) -> list[bytes]:
+    """Unchanged entries verbatim from the source; changed ones re-encoded where they were."""
+    provenance = [
+        _MetadataFix(SOURCE_SHA256_KEY, ValueType.STRING, source_sha256),
+        _MetadataFix(VERSION_KEY, ValueType.STRING, __version__),
+    ]
+    replacing = {fix.key: fix for fix in [*fixes, *provenance]}
+    blobs: list[bytes] = []
+    with open(gguf.path, "rb") as handle:
+        for entry in gguf.kv.values():
+            fix = replacing.pop(entry.key, None)
+            if fix is None:
+                handle.seek(entry.start)
+                blobs.append(handle.read(entry.end - entry.start))
+            else:
+                blobs.append(encode_kv(fix.key, fix.value_type, fix.value, fix.array_type))
+    blobs += [encode_kv(f.key, f.value_type, f.value, f.array_type) for f in replacing.values()]
+    return blobs
+
+
+def _sha_marker() -> bytes:
+    """The encoded key, type and length that precede the sha256 value in the header."""
+    full = encode_kv(SOURCE_SHA256_KEY, ValueType.STRING, _SHA_PLACEHOLDER)
+    return full[: -len(_SHA_PLACEHOLDER)]
+
+
+# -- the repair ------------------------------------------------------------------------------------
+def repair_gguf(
+    src: Path,
+    dst: Path | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    source_sha256: str | None = None,
+) -> RepairResult:
+    """Write a repaired copy of `src` (default: `<stem>.repaired.gguf` beside it).
+
+    Pass `source_sha256` when it is already known (a verified download) to skip hashing the
+    source; otherwise it is computed while the data streams, at no extra read.
+    """
+    src = Path(src)
+    gguf = read_gguf(src)
+    if gguf.architecture not in KNOWN_ARCHITECTURES:
+        raise GGUFError(
+            f"{src}: architecture '{gguf.architecture}' is not one huozi-local knows; "
+            "it cannot repair this file"
+        )
+    plan = repair_plan(gguf)
+    if source_sha256 is not None and not _SHA_RE.match(source_sha256.lower()):
+        raise HuoziError(f"'{source_sha256}' is not a sha256 (64 hex digits)")
+    if not plan:
+        return RepairResult(None, True, [], 0, (source_sha256 or "").lower())
+    dst = _resolve_output(src, dst)
+    fixes = _metadata_fixes(gguf)[0]
+    tensors = _out_tensors(gguf)
+    sha = source_sha256.lower() if source_sha256 else _SHA_PLACEHOLDER
+    header = build_header(
+        version=gguf.version,
+        kv_blobs=_kv_blobs(gguf, fixes, sha),
+        tensors=tensors,
+        alignment=gguf.alignment,
+        markers={"sha": _sha_marker()},
+    )
+    partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
+    _check_disk(dst.parent, header.total_size, partial)
+    try:
+        sha = _write(gguf, header, tensors, partial, source_sha256, progress, cancel)
+        _verify(gguf, partial, header, tensors, sha)
+        os.replace(partial, dst)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(dst.parent, header.total_size) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, HuoziError):
+            raise HuoziError(f"cannot write {partial}: {exc.strerror or exc}") from exc
+        raise
+    changes = [*plan, f"recorded the source sha256 {sha} as {SOURCE_SHA256_KEY}"]
+    return RepairResult(dst, False, changes, header.total_size, sha)
+
+
+def _resolve_output(src: Path, dst: Path | None) -> Path:
+    dst = default_output(src) if dst is None else Path(dst)
+    if dst.is_dir():
+        dst = dst / default_output(src).name
+    if dst.resolve() == src.resolve() or (dst.exists() and dst.samefile(src)):
+        raise HuoziError(f"refusing to overwrite {src}: the source is never modified, pick -o OUT")
+    if not dst.parent.is_dir():
+        raise HuoziError(f"cannot write {dst}: the folder {dst.parent} does not exist")
+    return dst
+
+
+def _check_disk(folder: Path, needed: int, partial: Path) -> None:
+    stale = partial.stat().st_size if partial.exists() else 0  # replaced by this run
+    free = disk_free_bytes(folder) + stale
+    if free < needed:
+        raise NotEnoughDisk(
+            f"not enough disk space in {folder}: the repaired file needs "
+            f"{needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
+        )
+
+
+def _write(
+    gguf: GGUFFile,
+    header: Header,
+    tensors: list[OutTensor],
+    partial: Path,
+    source_sha256: str | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> str:
+    """Header, then the data; the source is hashed beside the copy unless its sha256 is known.
+
+    Progress counts the bytes copied plus, when hashing, the bytes hashed.
+    """
+    segments = plan_segments(header, tensors)
+    to_copy = sum(s.n_bytes for s in segments)
+    src_fd = open_source(gguf.path)
+    hasher = None if source_sha256 else SourceHasher(gguf.path, gguf.file_size)
+    total = to_copy + (gguf.file_size if hasher else 0)
+    reporter = ThrottledProgress(progress, "repair", total)
+    copied = 0
+
+    def report() -> None:
+        reporter.update(copied + (hasher.hashed if hasher else 0))
+        check_cancel(cancel, "repair")
+
+    def tick(moved: int) -> None:
+        nonlocal copied
+        copied += moved
+        report()
+
+    try:
+        reporter.update(0, force=True)
+        dst_fd = open_partial(partial)
+        try:
+            if hasher is not None:
+                hasher.start()
+            pwrite_all(dst_fd, header.data, 0)
+            copy_segments(src_fd, dst_fd, segments, tick)
+            if hasher is None:
+                sha = str(source_sha256).lower()
+            else:
+                while hasher.is_alive():
+                    hasher.join(0.1)
+                    report()
+                sha = hasher.result()
+                pwrite_all(dst_fd, sha.encode("ascii"), header.marker_positions["sha"])
+            os.ftruncate(dst_fd, header.total_size)
+        finally:
+            os.close(dst_fd)
+    finally:
+        if hasher is not None and hasher.is_alive():
+            hasher.stop.set()
+            hasher.join()
+        os.close(src_fd)
+    reporter.update(total, force=True)
+    return sha
+
+
+def _verify(
+    source: GGUFFile, partial: Path, header: Header, tensors: list[OutTensor], sha: str
+) -> None:
+    """Re-read what was written: counts, sizes and names must be what the plan said."""
+    result = read_gguf(partial)
+    problems: list[str] = []
+    if result.file_size != header.total_size:
+        problems.append(f"size {result.file_size} != {header.total_size}")
+    if result.tensor_count != len(tensors):
+        problems.append(f"{result.tensor_count} tensors, expected {len(tensors)}")
+    if result.tensor_bytes != source.tensor_bytes:
+        problems.append(f"{result.tensor_bytes} tensor bytes, source has {source.tensor_bytes}")
+    for tensor in tensors:
+        found = result.tensor_by_name.get(tensor.name)
+        if found is None or found.n_bytes != tensor.n_bytes or found.shape != tensor.shape:
+            problems.append(f"tensor {tensor.name} is not as planned")
+    if result.layout == "legacy-split" or result.turn_fixes_needed():
+        problems.append("the fixes did not take")
+    if result.get(SOURCE_SHA256_KEY) != sha:
+        problems.append("the provenance sha256 was not recorded")
+    if problems:
+        raise GGUFError(f"the repaired file failed verification: {'; '.join(problems[:3])}")

@@ -1,0 +1,1 @@
+"""The Textual app. Screens and widgets only draw; workers call the core and post messages."""

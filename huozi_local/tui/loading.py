@@ -1,0 +1,94 @@
+"""Which model the app opens with, and how it is loaded (no Textual here: workers call this).
+
+The app takes a `BackendLoader` by injection, so tests and benchmarks drive the real engine with
+tiny models while a remote endpoint (`huozi-local tui --endpoint URL`) plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.config import Paths, Settings
+from huozi_local.core.errors import HuoziError
+from huozi_local.core.progress import ProgressCallback
+from huozi_local.tui.session import ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model on disk and how to load it."""
+
+    path: Path
+    label: str
+    quant: str
+    n_ctx: int
+    n_gpu_layers: int
+    extra_load_args: tuple[tuple[str, object], ...] = ()
+    """Threads, flash attention, KV cache type: what the planner chose for this machine."""
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.label, self.quant, self.n_gpu_layers, self.n_ctx)
+
+
+BackendLoader = Callable[
+    [ModelChoice, ProgressCallback | None, threading.Event | None], ChatBackend
+]
+
+
+def saved_model_choice(settings: Settings, paths: Paths) -> ModelChoice | None:
+    """The model the last run used (Settings.model), when it is still on this disk."""
+    if not settings.model:
+        return None
+    from huozi_local.core.model_files import resolve_local_model
+
+    try:
+        resolved = resolve_local_model(settings.model, paths)
+    except HuoziError:
+        return None
+    label = resolved.family or resolved.display_name
+    return choice_for(resolved.path, label, resolved.quant or "", settings)
+
+
+def choice_for(
+    path: Path, label: str, quant: str, settings: Settings, machine: object | None = None
+) -> ModelChoice:
+    """Settings win where set; 'automatic' (n_ctx 0, GPU layers -1) is the planner's choice."""
+    if settings.n_ctx > 0 and settings.n_gpu_layers >= 0:
+        return ModelChoice(path, label, quant, settings.n_ctx, settings.n_gpu_layers)
+    from huozi_local.core.hardware import detect_machine
+    from huozi_local.core.planner import plan_for_file
+
+    plan = plan_for_file(
+        path,
+        machine if machine is not None else detect_machine(),  # type: ignore[arg-type]
+        max_ctx=settings.max_context,
+        n_gpu_layers=settings.n_gpu_layers if settings.n_gpu_layers >= 0 else None,
+        n_ctx=settings.n_ctx or None,
+    )
+    kwargs = dict(plan.load_kwargs())
+    n_ctx = int(kwargs.pop("n_ctx"))
+    n_gpu_layers = int(kwargs.pop("n_gpu_layers"))
+    return ModelChoice(path, label, quant, n_ctx, n_gpu_layers, tuple(sorted(kwargs.items())))
+
+
+def load_local_engine(
+    choice: ModelChoice,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ChatBackend:
+    """The real engine; the system prompt comes from the conversation, not the engine default."""
+    from huozi_local.core.engine import LlamaEngine
+
+    return LlamaEngine.load(
+        choice.path,
+        n_ctx=choice.n_ctx,
+        n_gpu_layers=choice.n_gpu_layers,
+        system_prompt=None,
+        **dict(choice.extra_load_args),  # type: ignore[arg-type]
+        progress=progress,
+        cancel=cancel,
+    )

@@ -1,0 +1,95 @@
+"""Loading a model with a progress bar; Escape gives up and returns to the setup screen."""
+
+from __future__ import annotations
+
+import threading
+from typing import ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Center, Middle
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Label, ProgressBar
+
+from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.errors import Cancelled, HuoziError
+from huozi_local.core.progress import Progress
+from huozi_local.tui.loading import BackendLoader, ModelChoice
+
+
+class LoadProgress(Message):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+
+class LoadFinished(Message):
+    def __init__(self, backend: ChatBackend | None, error: str = "") -> None:
+        super().__init__()
+        self.backend = backend
+        self.error = error
+
+
+class LoadingScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    LoadingScreen Center { height: auto; }
+    LoadingScreen ProgressBar { margin: 1 0; }
+    """
+
+    def __init__(self, choice: ModelChoice, loader: BackendLoader) -> None:
+        super().__init__()
+        self.choice = choice
+        self.loader = loader
+        self.cancel_event = threading.Event()
+
+    def compose(self) -> ComposeResult:
+        with Middle():
+            with Center():
+                yield Label(f"正在加载模型 Loading {self.choice.label}", id="loading-title")
+            with Center():
+                yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
+            with Center():
+                yield Label("", id="load-detail")
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def load(self) -> None:
+        def report(progress: Progress) -> None:
+            self.post_message(LoadProgress(progress))
+
+        try:
+            backend = self.loader(self.choice, report, self.cancel_event)
+        except Cancelled:
+            self.post_message(LoadFinished(None, "cancelled"))
+            return
+        except HuoziError as exc:
+            self.post_message(LoadFinished(None, str(exc)))
+            return
+        self.post_message(LoadFinished(backend))
+
+    def on_load_progress(self, message: LoadProgress) -> None:
+        fraction = message.progress.fraction
+        if fraction is not None:
+            self.query_one(ProgressBar).update(progress=fraction)
+        if message.progress.message:
+            self.query_one("#load-detail", Label).update(message.progress.message)
+
+    def on_load_finished(self, message: LoadFinished) -> None:
+        from huozi_local.tui.app import HuoziApp
+
+        app = self.app
+        assert isinstance(app, HuoziApp)
+        if message.backend is not None:
+            app.open_chat(message.backend, self.choice.info())
+        elif message.error == "cancelled":
+            app.open_setup()
+        else:
+            app.open_setup(error=message.error)
+
+    def action_cancel(self) -> None:
+        self.cancel_event.set()

@@ -1,0 +1,115 @@
+"""Settings: the system prompt, sampling, context and GPU layers, and the model/quant in use.
+
+The planner's memory estimate is recomputed on every change to the context length or GPU layers,
+so the person sees what a choice costs before they apply it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+from huozi_local.core.config import Paths, Settings
+from huozi_local.tui.session import ModelInfo
+from huozi_local.tui.setup_plan import memory_estimate_text
+
+NUMBER_FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("temperature", "温度 Temperature", float),
+    ("top_p", "Top-p", float),
+    ("repeat_penalty", "重复惩罚 Repeat penalty", float),
+    ("max_tokens", "最大生成长度 Max tokens", int),
+    ("n_ctx", "上下文长度 Context length (0 = automatic)", int),
+    ("n_gpu_layers", "GPU 层数 GPU layers (-1 = automatic)", int),
+)
+
+
+class SettingsScreen(ModalScreen[Settings | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        paths: Paths,
+        model: ModelInfo | None,
+        machine_probe: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__()
+        self.machine_probe = machine_probe
+        self.settings = settings
+        self.paths = paths
+        self.model = model
+
+    def compose(self) -> ComposeResult:
+        from huozi_local.core.model_files import installed_models
+
+        models = [
+            (f"{m.family}:{m.quant}", f"{m.family}:{m.quant}") for m in installed_models(self.paths)
+        ]
+        if self.settings.model and self.settings.model not in {value for _, value in models}:
+            models.insert(0, (self.settings.model, self.settings.model))
+        with VerticalScroll():
+            yield Label("设置 Settings", classes="section-title")
+            yield Label("系统提示 System prompt")
+            yield TextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
+            for name, title, _kind in NUMBER_FIELDS:
+                yield Label(title)
+                yield Input(str(getattr(self.settings, name)), id=name)
+            yield Label("模型 Model / quant")
+            yield Select(
+                models,
+                value=self.settings.model if models else Select.BLANK,
+                allow_blank=not models,
+                id="model",
+            )
+            yield Static("", id="estimate", classes="muted")
+            with Horizontal():
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#system_prompt", TextArea).styles.height = 5
+        self._update_estimate()
+
+    def _read(self) -> Settings | None:
+        values: dict[str, object] = {}
+        for name, title, kind in NUMBER_FIELDS:
+            raw = self.query_one(f"#{name}", Input).value.strip()
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                self.query_one("#estimate", Static).update(f"{title}: '{raw}' is not a number")
+                return None
+        model = self.query_one("#model", Select).value
+        values["model"] = model if isinstance(model, str) else self.settings.model
+        values["system_prompt"] = self.query_one("#system_prompt", TextArea).text
+        return replace(self.settings, **values)  # type: ignore[arg-type]
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _update_estimate(self) -> None:
+        changed = self._read()
+        if changed is not None:
+            machine = self.machine_probe() if self.machine_probe is not None else None
+            estimate = memory_estimate_text(changed, self.paths, machine)
+            self.query_one("#estimate", Static).update(estimate)
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        changed = self._read()
+        if changed is not None:
+            self.dismiss(changed)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,152 @@
+"""What the setup and settings screens say about this machine and the quants (no Textual here).
+
+The numbers come from `core.planner` (rank_quants / evaluate_plan) over `core.hardware`'s
+machine; this module only turns them into the lines a person reads: fits / partly on GPU /
+will not fit, the reason, and the disk space a download needs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.catalog import get_family
+from huozi_local.core.config import Paths, Settings
+from huozi_local.core.errors import HuoziError
+
+VERDICT_LABELS = {
+    "fits": "fits 可运行",
+    "partial": "partly on GPU 部分在 GPU",
+    "no": "will not fit 放不下",
+}
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SetupOption:
+    spec: str
+    quant: str
+    size_bytes: int
+    verdict: str
+    n_gpu_layers: int
+    n_ctx: int
+    reason: str
+
+    @property
+    def usable(self) -> bool:
+        return self.verdict != "no"
+
+    @property
+    def line(self) -> str:
+        label = VERDICT_LABELS.get(self.verdict, self.verdict)
+        return f"{self.quant:<7} {gib(self.size_bytes):>8}  {label}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SetupReport:
+    hardware_lines: list[str]
+    options: list[SetupOption]
+    recommended: SetupOption | None
+    recommendation: str
+    disk_line: str
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def build_setup_report(
+    family_name: str,
+    paths: Paths,
+    settings: Settings,
+    machine: Callable[[], object] | None = None,
+    disk_probe: Callable[[Path], int] | None = None,
+) -> SetupReport:
+    from huozi_local.core.hardware import detect_machine
+    from huozi_local.core.planner import choose_plan, rank_quants
+
+    family = get_family(family_name)
+    found: Any = machine() if machine is not None else detect_machine()
+    options = [_option(family_name, o) for o in rank_quants(family, found)]
+    best = choose_plan(family, found)
+    recommended = next((o for o in options if o.quant == best.quant and o.usable), None)
+    if recommended is None:
+        needs = next((r for r in best.reasons if r.startswith("does not fit")), "")
+        recommendation = (
+            f"没有能在本机运行的版本 No quant of {family_name} fits this machine. {needs}"
+        )
+    else:
+        recommendation = "; ".join(
+            r for r in best.reasons if r.startswith(("quant:", "n_gpu_layers:", "n_ctx:"))
+        )
+    need = recommended.size_bytes if recommended else 0
+    free = (disk_probe or _free_bytes)(paths.models_dir)
+    disk_line = f"磁盘 Disk: needs {gib(need)} in {paths.models_dir} ({gib(free)} free)"
+    if need > free:
+        disk_line += ": NOT ENOUGH SPACE"
+    return SetupReport(_hardware_lines(found), options, recommended, recommendation, disk_line)
+
+
+def _option(family_name: str, option: Any) -> SetupOption:
+    """One row; the reason is where the layers go, or what is missing when it does not fit."""
+    reasons = [str(r) for r in option.reasons]
+    wanted = "does not fit" if option.verdict == "no" else "n_gpu_layers:"
+    reason = next((r for r in reasons if r.startswith(wanted)), reasons[0] if reasons else "")
+    return SetupOption(
+        spec=f"{family_name}:{option.quant}",
+        quant=str(option.quant),
+        size_bytes=int(option.size_bytes),
+        verdict=str(option.verdict),
+        n_gpu_layers=int(option.n_gpu_layers),
+        n_ctx=int(option.n_ctx),
+        reason=reason,
+    )
+
+
+def _hardware_lines(machine: Any) -> list[str]:
+    lines = [
+        f"CPU: {machine.cpu_name} ({machine.physical_cores} cores)",
+        f"RAM: {gib(machine.ram_total_bytes)} total, {gib(machine.ram_available_bytes)} available",
+    ]
+    for gpu in machine.gpus:
+        usable = "" if machine.build.can_use(gpu.backend) else " (this build cannot use it)"
+        lines.append(
+            f"GPU: {gpu.name} [{gpu.backend}] {gib(gpu.vram_total_bytes)} total, "
+            f"{gib(gpu.vram_free_bytes)} free{usable}"
+        )
+    if not machine.gpus:
+        lines.append("GPU: none found: the model runs on the CPU")
+    return lines
+
+
+def _free_bytes(folder: Path) -> int:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def memory_estimate_text(settings: Settings, paths: Paths, machine: Any = None) -> str:
+    """The planner's estimate for the settings as they stand (settings screen)."""
+    from huozi_local.core.hardware import detect_machine
+    from huozi_local.core.model_files import resolve_local_model
+    from huozi_local.core.planner import plan_for_file
+
+    try:
+        resolved = resolve_local_model(settings.model, paths)
+        plan = plan_for_file(
+            resolved.path,
+            machine if machine is not None else detect_machine(),
+            n_gpu_layers=settings.n_gpu_layers if settings.n_gpu_layers >= 0 else None,
+            n_ctx=settings.n_ctx or None,
+        )
+    except HuoziError as exc:
+        return f"内存估计 Memory estimate unavailable: {exc}"
+    label = VERDICT_LABELS.get(plan.verdict, plan.verdict)
+    return (
+        f"内存估计 Estimate for {plan.n_gpu_layers} GPU layers, context {plan.n_ctx}: "
+        f"GPU {gib(plan.vram_bytes)}, RAM {gib(plan.ram_bytes)}: {label}"
+    )

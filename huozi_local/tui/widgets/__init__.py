@@ -1,0 +1,1 @@
+"""Small widgets, each testable in a tiny host App."""

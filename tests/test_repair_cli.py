@@ -1,0 +1,260 @@
+"""`huozi-local repair` from the outside: exit codes, one-line errors, kills and full disks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from huozi_local.cli import main
+from huozi_local.core import repair as repair_module
+from huozi_local.core.gguf_file import read_gguf
+from huozi_local.testing.tiny_model import TinyModels, file_sha256
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and err.startswith("huozi-local: ")
+    return err
+
+
+def _legacy_copy(tiny_models: TinyModels, folder: Path, quant: str = "q2_k") -> Path:
+    src = folder / "src" / f"huozi3-{quant}.gguf"
+    src.parent.mkdir()
+    src.write_bytes(tiny_models.get("split", quant).read_bytes())  # type: ignore[arg-type]
+    return src
+
+
+def test_repair_command_prints_changes_then_nothing_to_do(
+    tiny_models: TinyModels, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    assert main(["repair", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "merged 96 expert tensors" in out and "eos_token_id 2 -> 57001" in out
+    repaired = src.with_name("huozi3-q2_k.repaired.gguf")
+    assert f"wrote {repaired}" in out
+    assert main(["repair", str(repaired), "-o", str(tmp_path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert sorted(p.name for p in src.parent.iterdir()) == [src.name, repaired.name]
+
+
+def test_output_into_a_folder(tiny_models: TinyModels, tmp_path: Path) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    assert main(["repair", str(src), "-o", str(tmp_path)]) == 0
+    assert read_gguf(tmp_path / "huozi3-q2_k.repaired.gguf").layout == "merged"
+
+
+def _unknown_architecture_file(path: Path) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="mysterynet")
+    writer.add_block_count(1)
+    writer.add_tensor("blk.0.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "no such file"),
+        ("folder", "is a folder"),
+        ("not_gguf", "not a GGUF"),
+        ("truncated", "truncated"),
+        ("unknown_arch", "architecture 'mysterynet'"),
+        ("same_output", "refusing to overwrite"),
+        ("no_output_folder", "does not exist"),
+        ("unreadable", "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    expected: str,
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    argv = ["repair", str(tmp_path / "input.gguf"), "-o", str(tmp_path / "out.gguf")]
+    target = tmp_path / "input.gguf"
+    if case == "folder":
+        target.mkdir()
+    elif case == "not_gguf":
+        target.write_text("just some notes, not a model\n" * 10)
+    elif case == "truncated":
+        target.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    elif case == "unknown_arch":
+        _unknown_architecture_file(target)
+    elif case == "same_output":
+        argv = ["repair", str(src), "-o", str(src)]
+    elif case == "no_output_folder":
+        argv = ["repair", str(src), "-o", str(tmp_path / "nowhere" / "out.gguf")]
+    elif case == "unreadable":
+        # A path through a regular file fails even for root, unlike a chmod 000 file.
+        argv = ["repair", str(src / "inner.gguf")]
+    before = file_sha256(src)
+    assert main(argv) == 2
+    assert expected in _one_line_error(capsys)
+    assert not (tmp_path / "out.gguf").exists()
+    assert not list(tmp_path.glob("*.partial")) and not list(src.parent.glob("*.partial"))
+    assert file_sha256(src) == before
+
+
+def test_not_enough_free_disk_is_refused_before_writing(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    monkeypatch.setattr(repair_module, "disk_free_bytes", lambda folder: 1_000_000)
+    assert main(["repair", str(src), "-o", str(tmp_path / "out.gguf")]) == 2
+    err = _one_line_error(capsys)
+    assert "not enough disk space" in err and "0.00 GB free" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> object:
+    """A real 8 MB filesystem, when this test may mount one (root in a container usually can)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_real_full_disk_mid_write_leaves_nothing(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    small_tmpfs: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    out = small_tmpfs / "out.gguf"
+    assert main(["repair", str(src), "-o", str(out)]) == 2  # refused up front
+    assert "not enough disk space" in _one_line_error(capsys)
+    # Pretend the check passed (another program freed space, then took it back): the write
+    # itself then hits ENOSPC on the real filesystem.
+    monkeypatch.setattr(repair_module, "disk_free_bytes", lambda folder: 1 << 40)
+    assert main(["repair", str(src), "-o", str(out)]) == 2
+    assert "the disk filled up" in _one_line_error(capsys)
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_file_size_limit_mid_write_is_a_one_line_disk_error(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    """RLIMIT_FSIZE makes writes fail with EFBIG partway, like a disk filling up."""
+    import resource
+
+    src = _legacy_copy(tiny_models, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (5_000_000, 5_000_000))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "huozi_local", "repair", str(src), "-o", str(out)],
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the disk filled up" in lines[0]
+    assert list(out.iterdir()) == []
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from huozi_local.core.repair import repair_gguf
+
+    def on_progress(report):
+        if report.total and 0 < report.done < report.total:
+            print("halfway", flush=True)
+            time.sleep(600)  # wait here to be killed
+
+    repair_gguf(Path(sys.argv[1]), Path(sys.argv[2]), progress=on_progress)
+    """
+)
+
+
+def test_sigkill_mid_repair_leaves_no_finished_looking_file(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path, "f32")
+    before = file_sha256(src)
+    dst = tmp_path / "out.gguf"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(src), str(dst)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "halfway"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["out.gguf.partial"]
+    assert file_sha256(src) == before
+    # The next run replaces the leftover.
+    assert main(["repair", str(src), "-o", str(dst)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "src"]
+
+
+CTRL_C_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from huozi_local.core import progress
+
+    original = progress.ThrottledProgress.update
+
+    def update(self, done, message="", *, force=False):
+        original(self, done, message, force=force)
+        if done > 0:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C mid-repair
+
+    progress.ThrottledProgress.update = update
+    from huozi_local.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(tiny_models: TinyModels, tmp_path: Path) -> None:
+    src = _legacy_copy(tiny_models, tmp_path, "f32")
+    before = file_sha256(src)
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_CHILD, "repair", str(src), "-o", str(tmp_path / "o.gguf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "huozi-local: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert file_sha256(src) == before
+    assert os.listdir(src.parent) == [src.name]

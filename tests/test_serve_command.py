@@ -1,0 +1,118 @@
+"""`huozi-local serve` as a user runs it: a real process, a real port, Ctrl-C to stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _serve(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "huozi_local", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_serves_until_ctrl_c(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    process = _serve("--model", str(model), "--host", "0.0.0.0", "--port", "0", "--temp", "0")
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        for line in process.stderr:
+            lines.append(line)
+            if "serving" in line:
+                break
+        assert any("warning" in line and "--api-key" in line for line in lines), lines
+        url = lines[-1].split(" at ")[1].split()[0]
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "用户", "content": "你好"}],
+            extra_body={"stop_token_ids": [57001]},
+        )
+        assert reply.choices[0].message.content == "你好，龘世界！"
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_missing_model_is_one_line(huozi_home: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "huozi_local", "serve", "--model", "/nowhere/m.gguf", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no such model file" in done.stderr
+
+
+def test_busy_port_is_one_line(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        model = tiny_models.get("merged", "q4_0", rig="chat")
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "huozi_local",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and f"cannot listen on 127.0.0.1:{port}" in (
+        done.stderr
+    )
+
+
+def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """A reply still streaming (4000 tokens asked) ends with an error event, and the server exits
+    with status 0 instead of waiting for the reply to finish."""
+    model = tiny_models.get("merged", "q4_0", rig="loop")
+    process = _serve("--model", str(model), "--port", "0", "--ctx", "4096", "--temp", "0")
+    try:
+        assert process.stderr is not None
+        url = next(line for line in process.stderr if " at http" in line).split(" at ")[1]
+        client = openai.OpenAI(base_url=url.split()[0], api_key="x", max_retries=0, timeout=120)
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "go"}], max_tokens=4000, stream=True
+        )
+        received = 0
+        with pytest.raises(openai.APIError, match="cancelled"):
+            for chunk in stream:
+                received += bool(chunk.choices and chunk.choices[0].delta.content)
+                if received == 3:
+                    process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "Traceback" not in err
+    assert "server stopped" in err

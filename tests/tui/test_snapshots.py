@@ -1,0 +1,97 @@
+"""Snapshots of the main screens with Chinese text (pytest-textual-snapshot's snap_compare).
+
+Deterministic by construction: a fixed terminal size, a fixed HUOZI_HOME path, a described
+machine and disk, and stored reply statistics instead of live timings. Regenerate after an
+intended change with `pytest tests/tui/test_snapshots.py --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from huozi_local.core.config import Paths, Settings
+from huozi_local.core.hardware import Machine
+from huozi_local.core.store import ConversationStore
+from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.tui.app import AppOptions, HuoziApp, create_app
+from huozi_local.tui.loading import choice_for, load_local_engine
+from huozi_local.tui.session import ModelInfo
+
+GIB = 1024**3
+FIXED_HOME = Path("/tmp/huozi-local-snapshot-home")
+SIZE = (110, 34)
+
+QUESTION = "请用三句话介绍一下哈尔滨工业大学。"
+ANSWER = """哈尔滨工业大学（简称**哈工大**）创建于 1920 年，是中国著名的理工科大学。
+
+- 它在航天、机器人和计算机领域实力突出；
+- 社会计算与信息检索研究中心（SCIR）发布了**活字**大模型。
+
+```python
+print("你好，活字！")
+```"""
+
+
+@pytest.fixture
+def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Paths]:
+    shutil.rmtree(FIXED_HOME, ignore_errors=True)
+    monkeypatch.setenv("HUOZI_HOME", str(FIXED_HOME))
+    yield Paths.from_env()
+    shutil.rmtree(FIXED_HOME, ignore_errors=True)
+
+
+def options() -> AppOptions:
+    return AppOptions(
+        machine_probe=lambda: Machine.synthetic("cuda", 12 * GIB, 32 * GIB, cores=8),
+        disk_probe=lambda _folder: 200 * GIB,
+    )
+
+
+def chat_app(paths: Paths, tiny_models: TinyModels) -> HuoziApp:
+    store = ConversationStore.open(paths.database_file)
+    older = store.create_conversation(title="旅行计划：去西安看兵马俑")
+    store.add_message(older.id, "user", "西安有什么好吃的？")
+    current = store.create_conversation()
+    store.add_message(current.id, "user", QUESTION)
+    meta = {"stop_reason": "stop", "prompt_tokens": 57, "completion_tokens": 96}
+    store.add_message(current.id, "assistant", ANSWER, meta={**meta, "tokens_per_s": 21.5})
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    settings = Settings(n_ctx=2048, n_gpu_layers=0)
+    backend = load_local_engine(choice_for(model, "huozi3", "q2_k", settings))
+    info = ModelInfo("huozi3", "q2_k", 16, 2048)
+    return create_app(
+        settings=settings,
+        paths=paths,
+        store=store,
+        backend=backend,
+        model_info=info,
+        options=options(),
+    )
+
+
+def test_chat_screen(fixed_home: Paths, tiny_models: TinyModels, snap_compare: object) -> None:
+    app = chat_app(fixed_home, tiny_models)
+
+    async def type_a_draft(pilot: object) -> None:
+        await pilot.press(*"再介绍一下")  # type: ignore[attr-defined]
+        await pilot.pause()  # type: ignore[attr-defined]
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=type_a_draft)  # type: ignore[operator]
+
+
+def test_setup_screen(fixed_home: Paths, snap_compare: object) -> None:
+    app = create_app(settings=Settings(), paths=fixed_home, options=options())
+    assert snap_compare(app, terminal_size=SIZE)  # type: ignore[operator]
+
+
+def test_settings_screen(fixed_home: Paths, tiny_models: TinyModels, snap_compare: object) -> None:
+    installed = fixed_home.models_dir / "huozi3" / "huozi3-q2_k.gguf"
+    installed.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_models.get("merged", "q4_0", rig="chat"), installed)
+    app = chat_app(fixed_home, tiny_models)
+    app.settings.model = "huozi3:q2_k"
+    assert snap_compare(app, terminal_size=(110, 50), press=["ctrl+s"])  # type: ignore[operator]

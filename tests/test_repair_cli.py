@@ -190,14 +190,21 @@ KILLED_CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    from huozi_local.core import progress
     from huozi_local.core.repair import repair_gguf
 
-    def on_progress(report):
-        if report.total and 0 < report.done < report.total:
+    original = progress.ThrottledProgress.update
+
+    def update(self, done, message="", *, force=False):
+        # Every chunk reaches here (reports to the callback are throttled by time, this is not),
+        # so the child stops after its first chunk however fast the disk is.
+        original(self, done, message, force=force)
+        if 0 < done < (self._total or 0):
             print("halfway", flush=True)
             time.sleep(600)  # wait here to be killed
 
-    repair_gguf(Path(sys.argv[1]), Path(sys.argv[2]), progress=on_progress)
+    progress.ThrottledProgress.update = update
+    repair_gguf(Path(sys.argv[1]), Path(sys.argv[2]), progress=lambda report: None)
     """
 )
 

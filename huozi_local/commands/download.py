@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from huozi_local.commands._download_ui import DownloadBar
+    from huozi_local.commands._progress_bar import ProgressBar
     from huozi_local.core.config import Paths
     from huozi_local.core.download import DownloadResult, download_model
     from huozi_local.core.errors import Cancelled
@@ -50,7 +50,7 @@ def run_download(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
 
-    with DownloadBar(sys.stderr) as bar:
+    with ProgressBar(sys.stderr) as bar:
 
         def work() -> None:
             try:

@@ -28,37 +28,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_repair(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from huozi_local.core.progress import Progress as CoreProgress
+    from huozi_local.commands._progress_bar import ProgressBar
     from huozi_local.core.repair import repair_gguf
 
-    console = Console(stderr=True, highlight=False)
     output = Path(args.output).expanduser() if args.output else None
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("repairing", total=None)
-
-        def show(report: CoreProgress) -> None:
-            bar.update(task, completed=report.done, total=report.total)
-
-        result = repair_gguf(Path(args.path).expanduser(), output, progress=show)
+    with ProgressBar(sys.stderr) as bar:
+        result = repair_gguf(Path(args.path).expanduser(), output, progress=bar.update)
     if result.nothing_to_do:
         print(f"{args.path}: nothing to do, it already loads and ends turns correctly")
         return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huozi_local.core.errors import GGUFError, NotEnoughDisk
-from huozi_local.core.gguf_file import _SCALAR_FORMATS, GGUF_MAGIC, ValueType
+from huozi_local.core.gguf_format import GGUF_MAGIC, SCALAR_FORMATS, ValueType
 
 # Big enough that syscalls cost nothing next to the copying, small enough to keep RSS low and
 # to check the cancel event several times a second even on a slow disk.
@@ -65,9 +65,9 @@ def encode_value(value_type: ValueType, value: Any, array_type: ValueType | None
             return head + b"".join(encode_string(str(v)) for v in items)
         if array_type == ValueType.ARRAY:
             raise GGUFError("nested metadata arrays are not re-encoded")
-        fmt = _SCALAR_FORMATS[array_type]
+        fmt = SCALAR_FORMATS[array_type]
         return head + struct.pack(f"<{len(items)}{fmt[1:]}", *items)
-    return struct.pack(_SCALAR_FORMATS[value_type], value)
+    return struct.pack(SCALAR_FORMATS[value_type], value)
 
 
 def encode_kv(

@@ -25,15 +25,13 @@ from pathlib import Path
 from huozi_local import __version__
 from huozi_local.core import huozi
 from huozi_local.core.errors import GGUFError, HuoziError, NotEnoughDisk
-from huozi_local.core.gguf_file import (
-    KNOWN_ARCHITECTURES,
+from huozi_local.core.gguf_file import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
+from huozi_local.core.gguf_format import (
     MERGED_EXPERT_RE,
     SPLIT_EXPERT_RE,
-    GGUFFile,
     TensorInfo,
     TokenType,
     ValueType,
-    read_gguf,
 )
 from huozi_local.core.gguf_rewrite import (
     DISK_FULL_ERRNOS,

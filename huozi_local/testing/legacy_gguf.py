@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from huozi_local.core import huozi
-from huozi_local.core.gguf_file import ValueType
+from huozi_local.core.gguf_format import ValueType
 from huozi_local.core.gguf_rewrite import OutTensor, Piece, build_header, encode_kv, encode_string
 from huozi_local.testing.vocab import build_vocabulary
 

@@ -1,4 +1,5 @@
-"""A rich progress bar fed by the core's Progress reports (one task per stage)."""
+"""A rich progress bar fed by the core's Progress reports, one bar per stage (download, verify,
+repair, ...): every long-running command shows its work the same way."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from huozi_local.core.progress import Progress
 _LABELS = {"download": "downloading", "verify": "verifying", "repair": "repairing"}
 
 
-class DownloadBar:
-    """Thread-safe: `update` is called from the download worker; rich locks its own state.
+class ProgressBar:
+    """Thread-safe: `update` may be called from a worker thread; rich locks its own state.
 
     Drawn only on a terminal: piped or captured output gets the final lines alone, so an error
     stays the one line a script can read.
@@ -40,7 +41,7 @@ class DownloadBar:
         )
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> DownloadBar:
+    def __enter__(self) -> ProgressBar:
         if self.enabled:
             self._progress.start()
         return self

@@ -1,0 +1,202 @@
+"""The GGUF container format at the byte level: value types, tensor types, a bounds-checked reader.
+
+Shared by the header parser (gguf_file) and the writer the repair uses (gguf_rewrite), so both
+agree on every encoding. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.errors import GGUFError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+
+
+class ValueType(IntEnum):
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+SCALAR_FORMATS: dict[ValueType, str] = {
+    ValueType.UINT8: "<B",
+    ValueType.INT8: "<b",
+    ValueType.UINT16: "<H",
+    ValueType.INT16: "<h",
+    ValueType.UINT32: "<I",
+    ValueType.INT32: "<i",
+    ValueType.FLOAT32: "<f",
+    ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q",
+    ValueType.INT64: "<q",
+    ValueType.FLOAT64: "<d",
+}
+
+
+class TokenType(IntEnum):
+    """SentencePiece / llama.cpp token attributes as GGUF stores them."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """One metadata entry, decoded, with the byte span it occupies in the file."""
+
+    key: str
+    value_type: ValueType
+    value: Any
+    start: int
+    end: int
+    array_type: ValueType | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the header describes it. `shape` is ggml's ne order (fastest axis first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # relative to the start of the data section
+    n_bytes: int
+
+    @property
+    def type_name(self) -> str:
+        return ggml_type_name(self.ggml_type)
+
+    @property
+    def n_elements(self) -> int:
+        count = 1
+        for n in self.shape:
+            count *= n
+        return count
+
+
+def ggml_type_name(ggml_type: int) -> str:
+    import gguf
+
+    try:
+        return str(gguf.GGMLQuantizationType(ggml_type).name).lower()
+    except ValueError:
+        return f"type{ggml_type}"
+
+
+def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
+    import gguf
+
+    try:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError) as exc:
+        raise GGUFError(f"unknown ggml tensor type {ggml_type}") from exc
+    if not shape or shape[0] % block_size:
+        raise GGUFError(f"tensor row of {shape[0] if shape else 0} elements is not whole blocks")
+    rows = 1
+    for n in shape[1:]:
+        rows *= n
+    return int(shape[0] // block_size * type_size * rows)
+
+
+SPLIT_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight$")
+MERGED_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
+LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+class Cursor:
+    """Bounds-checked little-endian reads over the mapped header."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.path = path
+
+    def need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise GGUFError(
+                f"{self.path} is truncated: the header ends at byte {len(self.buf)} "
+                "(an interrupted download? run `huozi-local download` again to resume)"
+            )
+
+    def unpack(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        self.need(size)
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("<Q")
+        self.need(length)
+        raw = self.buf[self.pos : self.pos + length]
+        self.pos += length
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def value(self, vtype: ValueType) -> tuple[Any, ValueType | None]:
+        if vtype == ValueType.STRING:
+            return self.string(), None
+        if vtype == ValueType.ARRAY:
+            sub = value_type(self.unpack("<I"), self.path)
+            count = self.unpack("<Q")
+            return self.array(sub, count), sub
+        return self.unpack(SCALAR_FORMATS[vtype]), None
+
+    def array(self, sub: ValueType, count: int) -> list[Any]:
+        if sub == ValueType.STRING:
+            out: list[Any] = []
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            for _ in range(count):
+                if pos + 8 > end:
+                    self.pos = pos
+                    self.need(8)
+                (length,) = struct.unpack_from("<Q", buf, pos)
+                pos += 8
+                if pos + length > end:
+                    self.pos = pos
+                    self.need(length)
+                out.append(bytes(buf[pos : pos + length]).decode("utf-8", errors="replace"))
+                pos += length
+            self.pos = pos
+            return out
+        if sub == ValueType.ARRAY:
+            return [self.value(ValueType.ARRAY)[0] for _ in range(count)]
+        fmt = SCALAR_FORMATS[sub]
+        size = struct.calcsize(fmt)
+        self.need(size * count)
+        values = list(struct.iter_unpack(fmt, self.buf[self.pos : self.pos + size * count]))
+        self.pos += size * count
+        return [v[0] for v in values]
+
+
+def value_type(raw: int, path: Path) -> ValueType:
+    try:
+        return ValueType(raw)
+    except ValueError as exc:
+        raise GGUFError(f"{path} has an unknown metadata type {raw}: not a valid GGUF") from exc
+
+
+def align(offset: int, alignment: int) -> int:
+    return offset + (-offset % alignment)

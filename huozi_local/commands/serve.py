@@ -13,7 +13,10 @@ from typing import Any
 
 from huozi_local.commands._engine_load import add_model_options
 
-EXTRA_HINT = "the server needs its extra: pipx install 'huozi-local[server]'"
+EXTRA_HINT = (
+    "the server needs starlette and uvicorn: pipx inject huozi-local starlette uvicorn "
+    "(or pip install 'huozi-local[server]')"
+)
 
 
 def register(subparsers: Any) -> None:

@@ -30,25 +30,10 @@ from hub_server import running_hub  # noqa: E402
 
 from huozi_local.core.config import Paths  # noqa: E402
 from huozi_local.core.download import download_model  # noqa: E402
+from huozi_local.testing.tiny_model import write_plain_gguf  # noqa: E402
 
 REPO = "bench/loopback-GGUF"
 FILE = "bench.gguf"
-
-
-def make_file(path: Path, size_mb: int) -> Path:
-    """A valid GGUF (so the pipeline's header check passes) padded with random tensor data."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    data = np.random.default_rng(0).bytes(size_mb * 1_000_000 // 1024 * 1024)
-    writer.add_tensor("token_embd.weight", np.frombuffer(data, dtype=np.float32).reshape(-1, 256))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def time_curl(url: str, folder: Path, verify: bool = False) -> float:
@@ -63,13 +48,13 @@ def time_curl(url: str, folder: Path, verify: bool = False) -> float:
     return elapsed
 
 
-def time_ours(hub_url: str, folder: Path) -> float:
+def time_ours(hub_url: str, folder: Path, size: int) -> float:
     paths = Paths(folder / "config", folder / "data", folder / "models", folder / "cache")
     start = time.perf_counter()
     result = download_model(f"hf:{REPO}/{FILE}", paths, endpoint=hub_url)
     elapsed = time.perf_counter() - start
     shutil.rmtree(folder / "models")
-    assert result.bytes_downloaded > 0
+    assert result.bytes_downloaded == size and result.resumed_from == 0, result  # a full transfer
     return elapsed
 
 
@@ -83,7 +68,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
         work = Path(tmp)
-        source = make_file(work / "served.gguf", args.mb)
+        source = write_plain_gguf(work / "served.gguf", args.mb * 1_000_000)
         size = source.stat().st_size
         with running_hub() as hub:
             entry = hub.add_file(REPO, FILE, source)
@@ -93,7 +78,7 @@ def main() -> int:
                 fresh = work / f"run{run}"
                 fresh.mkdir()
                 curl_times.append(time_curl(cdn_url, fresh))
-                our_times.append(time_ours(hub.hub_url, fresh))
+                our_times.append(time_ours(hub.hub_url, fresh, size))
                 if shutil.which("sha256sum"):
                     verified_times.append(time_curl(cdn_url, fresh, verify=True))
                 shutil.rmtree(fresh)

@@ -29,28 +29,12 @@ from huozi_local.core.model_files import (
     read_sidecar,
 )
 from huozi_local.core.progress import Progress
-from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.testing.tiny_model import TinyModels, write_plain_gguf
 
 REPO = "someone/plain-GGUF"
 FILE = "plain-model.gguf"
 SPEC = f"hf:{REPO}/{FILE}"
 HUOZI_REPO = "HIT-SCIR/huozi3-gguf"
-
-
-def write_plain_gguf(path: Path, n_bytes: int = 3 << 20, seed: int = 0) -> Path:
-    """A small valid non-huozi GGUF (nothing to repair), so bytes on disk == bytes served."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    data = np.random.default_rng(seed).bytes(n_bytes)
-    writer.add_tensor("token_embd.weight", np.frombuffer(data, dtype=np.float32).reshape(-1, 256))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")

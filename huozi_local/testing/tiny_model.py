@@ -312,6 +312,22 @@ class TinyModels:
         return out
 
 
+def write_plain_gguf(path: Path, n_bytes: int = 3 << 20, seed: int = 0) -> Path:
+    """A valid GGUF that needs no repair (one random tensor of about n_bytes), for moving bytes:
+    downloads and their benchmark, where the bytes on disk must be exactly the bytes served."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    data = np.random.default_rng(seed).bytes(n_bytes // 1024 * 1024)
+    writer.add_tensor("token_embd.weight", np.frombuffer(data, dtype=np.float32).reshape(-1, 256))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

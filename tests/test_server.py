@@ -365,3 +365,29 @@ def test_server_threads_do_not_leak(chat_engine: LlamaEngine) -> None:
         client(server).models.list()
     after = {t.name for t in threading.enumerate()}
     assert "huozi-generation" not in after - before
+
+
+async def test_a_slow_client_gets_the_same_text_in_fewer_chunks(loop_engine: LlamaEngine) -> None:
+    """Deltas that queue up while the client is busy arrive merged: same text, end and result."""
+    import asyncio
+
+    from huozi_local.core.chat_types import ReplyResult, TextDelta
+    from huozi_local.server.queue import GenerationQueue
+
+    generation = GenerationQueue()
+    sampling = SamplingOptions(temperature=0.0, max_tokens=120)
+    messages = [ChatMessage("user", "一直说下去")]
+    events = []
+    try:
+        async for event in generation.events(
+            lambda cancel: loop_engine.stream_reply(messages, sampling, cancel)
+        ):
+            events.append(event)
+            await asyncio.sleep(0.02)  # a client that reads slower than the model writes
+    finally:
+        generation.close()
+    result = events[-1]
+    assert isinstance(result, ReplyResult) and result.completion_tokens == 120
+    deltas = [e for e in events[:-1] if isinstance(e, TextDelta)]
+    assert "".join(d.text for d in deltas) == result.text
+    assert len(deltas) < result.completion_tokens / 2

@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
-from huozi_local.core.chat_types import ReplyEvent
+from huozi_local.core.chat_types import ReplyEvent, TextDelta
 
 
 class ServerShuttingDown(Exception):
@@ -64,13 +64,17 @@ class GenerationQueue:
         with self._active_lock:
             self._active.add(job)
         self._jobs.put(job)
+        held: tuple[ReplyEvent | BaseException | None] | None = None  # (item,): taken, not handled
         try:
             while True:
-                item = await inbox.get()
+                item = held[0] if held is not None else await inbox.get()
+                held = None
                 if item is None:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, TextDelta) and not inbox.empty():
+                    item, held = _coalesce(item, inbox)
                 yield item
         finally:
             # Client gone, consumer stopped early or finished: in every case the model is free.
@@ -106,3 +110,22 @@ class GenerationQueue:
         self.cancel_all()
         self._jobs.put(None)
         self._worker.join(timeout)
+
+
+def _coalesce(
+    first: TextDelta, inbox: asyncio.Queue[ReplyEvent | BaseException | None]
+) -> tuple[TextDelta, tuple[ReplyEvent | BaseException | None] | None]:
+    """Merge the text deltas that queued up while the client was busy into one.
+
+    A client slower than the model then gets the same text in fewer SSE chunks, so neither side
+    spends its time encoding and parsing one JSON object per token. Returns the merged delta and
+    the first queued item that is not a delta, as a 1-tuple (None when there is none): it may be
+    the None that ends the stream, which must still be handled next.
+    """
+    texts = [first.text]
+    while not inbox.empty():
+        item = inbox.get_nowait()
+        if not isinstance(item, TextDelta):
+            return TextDelta("".join(texts)), (item,)
+        texts.append(item.text)
+    return TextDelta("".join(texts)), None

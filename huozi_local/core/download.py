@@ -347,11 +347,30 @@ def _repair_into(
         repaired = read_gguf(result.output)
         if repaired.layout == "legacy-split" or repaired.load_blockers():
             raise HuoziError(f"repairing {part.name} did not produce a loadable file")
+        # The verified original is deleted next: the repaired copy must be on the disk itself,
+        # not only in the page cache, or a power cut could leave neither.
+        _sync_to_disk(result.output)
         os.replace(result.output, final)
+        _sync_to_disk(final.parent)
     finally:
         with contextlib.suppress(OSError):
             staging.unlink(missing_ok=True)
     return list(result.changes)
+
+
+def _sync_to_disk(path: Path) -> None:
+    """fsync a file, or a folder (so a rename in it survives a power cut)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # e.g. folders cannot be opened on Windows; the data was still written
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders
+    finally:
+        os.close(fd)
 
 
 # The TUI and `models` import the inventory from here too: one module for "models on disk".

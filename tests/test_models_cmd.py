@@ -17,7 +17,7 @@ from huozi_local.core.catalog import get_family, parse_model_spec
 from huozi_local.core.config import Paths
 from huozi_local.core.download import download_model
 from huozi_local.core.download_target import family_with_listing, resolve_target
-from huozi_local.core.hardware import detect_machine
+from huozi_local.core.hardware import Machine, detect_machine
 from huozi_local.core.hub import RemoteFile, RepoListing
 from huozi_local.core.model_files import family_model_path, partial_download_path
 from huozi_local.core.planner import choose_plan, rank_quants
@@ -41,15 +41,23 @@ def by_spec(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
     return {str(row["spec"]): row for row in rows}
 
 
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
+    """One real reading of this machine, used by the command and the test alike: free RAM moves
+    between two readings on a shared machine, and a verdict near a boundary would flip."""
+    reading = detect_machine()
+    monkeypatch.setattr("huozi_local.core.hardware.detect_machine", lambda **_: reading)
+    return reading
+
+
 def test_models_lists_every_quant_missing_with_the_planners_verdict(
-    paths: Paths, capsys: pytest.CaptureFixture[str]
+    paths: Paths, capsys: pytest.CaptureFixture[str], machine: Machine
 ) -> None:
     rows = by_spec(models_json(capsys, "--offline"))
     assert {"huozi3:q4_0", "huozi3:q2_k", "huozi3.5:q4_k_m"} <= rows.keys()
     assert all(row["state"] == "missing" for row in rows.values())
     assert rows["huozi3:q4_0"]["size_bytes"] == get_family("huozi3").quant("q4_0").size_bytes
     assert rows["huozi3.5:q4_k_m"]["community"] is True
-    machine = detect_machine()
     for family in ("huozi3", "huozi3.5"):
         for option in rank_quants(get_family(family), machine):
             assert rows[f"{family}:{option.quant}"]["fits"] == option.verdict
@@ -100,7 +108,9 @@ def test_community_quants_come_from_the_hub_listing_then_its_cache(
     assert {k for k in offline if k.startswith("huozi3.5:")} == set(community)
 
 
-def test_no_quant_means_the_planners_choice_for_this_machine(paths: Paths) -> None:
+def test_no_quant_means_the_planners_choice_for_this_machine(
+    paths: Paths, machine: Machine
+) -> None:
     family = get_family("huozi3")
     listing = RepoListing(
         family.repo_id,
@@ -111,16 +121,16 @@ def test_no_quant_means_the_planners_choice_for_this_machine(paths: Paths) -> No
         ),
         0.0,
     )
-    expected = choose_plan(family_with_listing(family, listing), detect_machine()).quant
+    expected = choose_plan(family_with_listing(family, listing), machine).quant
     target = resolve_target(parse_model_spec("huozi3"), paths, "hf", listing)
     assert target.quant == expected
     assert target.final_path == family_model_path(paths, "huozi3", str(expected))
 
 
 def test_download_with_no_model_offline_names_the_planners_file(
-    huozi_home: Path, capsys: pytest.CaptureFixture[str]
+    huozi_home: Path, capsys: pytest.CaptureFixture[str], machine: Machine
 ) -> None:
-    expected = choose_plan(get_family("huozi3"), detect_machine()).quant
+    expected = choose_plan(get_family("huozi3"), machine).quant
     assert main(["download", "--offline"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"huozi3:{expected}" in err

@@ -35,7 +35,10 @@ def register(subparsers: Any) -> None:
         help="keep a legacy file's original next to its repaired copy",
     )
     parser.add_argument(
-        "--endpoint", metavar="URL", help="hub endpoint or mirror (default: $HF_ENDPOINT)"
+        "--endpoint",
+        metavar="URL",
+        help="hub endpoint or mirror (default: $HF_ENDPOINT, or $MODELSCOPE_ENDPOINT with "
+        "--source modelscope)",
     )
     parser.set_defaults(handler=run_download)
 

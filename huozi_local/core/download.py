@@ -83,10 +83,12 @@ def download_model(
         raise HuoziError(f"unknown source '{source}' (use hf or modelscope)")
     is_offline = hub.offline_requested(offline)
     base = hub.resolve_endpoint(endpoint)
-    if source == "modelscope" and not is_offline:
+    if source == "modelscope":
         from huozi_local.core import modelscope_source
 
-        modelscope_source.require_modelscope()
+        base = modelscope_source.resolve_endpoint(endpoint)
+        if not is_offline:
+            modelscope_source.require_modelscope()
     listing = fetch_listing(parsed, paths, source, base, token, is_offline)
     target = resolve_target(parsed, paths, source, listing)
     present = _already_present(target, trust_unverified=is_offline)
@@ -103,7 +105,9 @@ def download_model(
     else:
         from huozi_local.core import modelscope_source
 
-        translate_errors = modelscope_source.translate_errors(target.repo_id, target.filename)
+        translate_errors = modelscope_source.translate_errors(
+            target.repo_id, target.filename, endpoint=base
+        )
     try:
         with translate_errors:
             transfer = fetch_to_part(
@@ -184,7 +188,10 @@ def _file_url(target: DownloadTarget, base: str, token: str | None) -> tuple[str
     if target.source == "modelscope":
         from huozi_local.core import modelscope_source
 
-        return modelscope_source.file_url(target.repo_id, target.filename, target.revision), {}
+        url = modelscope_source.file_url(
+            target.repo_id, target.filename, target.revision, endpoint=base
+        )
+        return url, {}
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 

@@ -43,7 +43,7 @@ def fetch_listing(
     if source == "modelscope":
         from huozi_local.core import modelscope_source
 
-        return modelscope_source.fetch_listing(paths, repo_id)
+        return modelscope_source.fetch_listing(paths, repo_id, endpoint=base)
     return hub.fetch_hf_listing(paths, repo_id, endpoint=base, token=token)
 
 

@@ -7,13 +7,14 @@ models, a fake hub endpoint), and the benchmark passes a ready engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.screen import Screen
 
 from huozi_local.core.chat_types import ChatBackend
 from huozi_local.core.config import Paths, Settings
@@ -74,7 +75,7 @@ class HuoziApp(App[None]):
 
     def on_mount(self) -> None:
         if self.store.notice:
-            self.notify(self.store.notice, severity="warning", timeout=15)
+            self.notify(self.store.notice, severity="warning", timeout=15, markup=False)
         if self.backend is not None:
             info = self.model_info or ModelInfo(self.backend.model_name, n_ctx=self.backend.n_ctx)
             self.open_chat(self.backend, info, owned=False)
@@ -100,7 +101,7 @@ class HuoziApp(App[None]):
         from huozi_local.tui.screens.setup import SetupScreen
 
         if error:
-            self.notify(error, severity="error", timeout=10)
+            self.notify(error, severity="error", timeout=10, markup=False)
         self._show(SetupScreen(self.paths, self.settings, self.options))
 
     def load_model(self, choice: ModelChoice) -> None:
@@ -129,7 +130,7 @@ class HuoziApp(App[None]):
         try:
             self.settings.save(self.paths.config_file)
         except (OSError, HuoziError) as exc:
-            self.notify(f"settings not saved: {exc}", severity="error")
+            self.notify(f"settings not saved: {exc}", severity="error", markup=False)
 
     def action_open_settings(self) -> None:
         from huozi_local.tui.screens.settings import SettingsScreen
@@ -153,10 +154,32 @@ class HuoziApp(App[None]):
         if reload_needed and self.model_info is not None and self.model_info.quant != "remote":
             choice = saved_model_choice(self.settings, self.paths)
             if choice is None:
-                self.notify(f"{self.settings.model} is not downloaded", severity="error")
+                self.notify(
+                    f"{self.settings.model} is not downloaded", severity="error", markup=False
+                )
                 self.open_setup()
             else:
                 self.load_model(choice)
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The palette (Ctrl+P) is the only way to JSON export: one key per format is too many."""
+        yield from super().get_system_commands(screen)
+        from huozi_local.tui.screens.chat import ChatScreen
+
+        if isinstance(screen, ChatScreen):
+            yield SystemCommand(
+                "Export as JSON",
+                "Save this conversation as a JSON file (roles, text, reply stats)",
+                lambda: screen.action_export("json"),
+            )
+            yield SystemCommand(
+                "Export as Markdown",
+                "Save this conversation as a Markdown file (also Ctrl+O)",
+                lambda: screen.action_export("markdown"),
+            )
+            yield SystemCommand(
+                "Settings", "Sampling, context, GPU layers and the model", screen.action_settings
+            )
 
     def on_unmount(self) -> None:
         if self.backend is not None and self._owns_backend:

@@ -230,7 +230,7 @@ class ChatScreen(Screen[None]):
             await self._live.write(text)
 
     def on_reply_notice(self, message: ReplyNotice) -> None:
-        self.notify(message.text, severity="warning", timeout=6)
+        self.notify(message.text, severity="warning", timeout=6, markup=False)
 
     async def on_reply_ended(self, message: ReplyEnded) -> None:
         live = self._live
@@ -246,7 +246,7 @@ class ChatScreen(Screen[None]):
             else:
                 await live.remove()
         if message.error:
-            self.notify(message.error, severity="error", timeout=8)
+            self.notify(message.error, severity="error", timeout=8, markup=False)
         elif result is not None and result.stop_reason == "length":
             self.notify("The reply reached the max tokens setting", timeout=4)
         self.refresh_status()
@@ -342,9 +342,10 @@ class ChatScreen(Screen[None]):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         except OSError as exc:
-            self.notify(f"cannot write {target}: {exc.strerror}", severity="error")
+            self.notify(f"cannot write {target}: {exc.strerror}", severity="error", markup=False)
             return
-        self.notify(f"Exported to {target}", timeout=6)
+        # A path is the person's text, not markup: "[b]" in a folder name stays literal.
+        self.notify(f"Exported to {target}", timeout=6, markup=False)
 
     def action_settings(self) -> None:
         if not self.replying:

@@ -173,7 +173,12 @@ class SetupScreen(Screen[None]):
             self.query_one("#stage", Label).update(
                 "已暂停 Paused: press Download to resume" if resumable else "失败 Failed"
             )
-            self.notify(message.error, severity="warning" if resumable else "error", timeout=10)
+            self.notify(
+                message.error,
+                severity="warning" if resumable else "error",
+                timeout=10,
+                markup=False,
+            )
             return
         assert isinstance(message.path, Path)
         option = message.option
@@ -189,7 +194,7 @@ class SetupScreen(Screen[None]):
                 machine=probe() if probe is not None else None,
             )
         except HuoziError as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+            self.notify(str(exc), severity="error", timeout=10, markup=False)
             return
         app.model_ready(choice, option.spec)
 

@@ -50,25 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        handler = _default_handler(parser)
+        handler = _default_handler()
     from huozi_local.commands._runner import run_handler
 
     return run_handler(handler, args)
 
 
-def _default_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """No subcommand: the chat app (commands/app.py), or the help until that exists."""
-    try:
-        app_command = importlib.import_module("huozi_local.commands.app")
-    except ModuleNotFoundError:
+def _default_handler() -> Callable[[argparse.Namespace], int]:
+    """No subcommand: the chat app (its module imports only argparse until it runs)."""
+    from huozi_local.commands.app import run_app
 
-        def show_help(_args: argparse.Namespace) -> int:
-            parser.print_help()
-            return 0
-
-        return show_help
-    handler: Callable[[argparse.Namespace], int] = app_command.run_app
-    return handler
+    return run_app
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -347,8 +347,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, hub: FakeHub, is_cdn: bool) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(
+        self, hub: FakeHub, is_cdn: bool, handler: type[BaseHTTPRequestHandler] | None = None
+    ) -> None:
+        super().__init__(("127.0.0.1", 0), handler or _Handler)
         self.hub = hub
         self.is_cdn = is_cdn
 
@@ -359,10 +361,14 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def running_hub(hub: FakeHub | None = None) -> Iterator[FakeHub]:
-    """Start the hub and its CDN on free loopback ports; stop both on exit."""
+def running_hub(
+    hub: FakeHub | None = None, handler: type[BaseHTTPRequestHandler] | None = None
+) -> Iterator[FakeHub]:
+    """Start the hub and its CDN on free loopback ports; stop both on exit.
+
+    `handler` swaps the protocol (the fake ModelScope site reuses everything else)."""
     hub = hub or FakeHub()
-    servers = [_Server(hub, is_cdn=False), _Server(hub, is_cdn=True)]
+    servers = [_Server(hub, False, handler), _Server(hub, True, handler)]
     hub.hub_url, hub.cdn_url = servers[0].url, servers[1].url
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:

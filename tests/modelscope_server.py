@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from hub_server import LFS_THRESHOLD, FakeHub, RequestRecord, _Handler
+from hub_server import LFS_THRESHOLD, FakeHub, RequestRecord, _Handler, running_hub
 
 __all__ = ["LFS_THRESHOLD", "FakeHub", "running_modelscope"]
 
@@ -37,8 +35,6 @@ NOT_FOUND_CODE = 10010205  # a business code the client does not special-case: t
 
 
 class _ModelScopeHandler(_Handler):
-    server: _ModelScopeServer  # type: ignore[assignment]
-
     def _dispatch(self, head: bool) -> None:
         hub = self.server.hub
         split = urlsplit(self.path)
@@ -130,33 +126,8 @@ class _ModelScopeHandler(_Handler):
             self.wfile.write(body)
 
 
-class _ModelScopeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, hub: FakeHub, is_cdn: bool) -> None:
-        super().__init__(("127.0.0.1", 0), _ModelScopeHandler)
-        self.hub = hub
-        self.is_cdn = is_cdn
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-
 @contextmanager
 def running_modelscope(hub: FakeHub | None = None) -> Iterator[FakeHub]:
     """Start the site and its CDN on free loopback ports; `hub.hub_url` is the endpoint."""
-    hub = hub or FakeHub()
-    servers = [_ModelScopeServer(hub, is_cdn=False), _ModelScopeServer(hub, is_cdn=True)]
-    hub.hub_url, hub.cdn_url = servers[0].url, servers[1].url
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
-    for thread in threads:
-        thread.start()
-    try:
-        yield hub
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+    with running_hub(hub, _ModelScopeHandler) as running:
+        yield running

@@ -228,3 +228,20 @@ def test_plan_command_bad_input_is_one_line(
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_plan_for_settings_explicit_then_settings_then_planner(tiny_models: TinyModels) -> None:
+    """One rule for every front end: explicit values win, then the settings (0 / -1 = planned)."""
+    from huozi_local.core.config import Settings
+    from huozi_local.core.planner import plan_for_settings
+
+    path = tiny_models.get("merged", "q4_0")
+    machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
+    planned = plan_for_settings(path, machine, Settings())
+    assert planned == plan_for_file(path, machine)
+    saved = Settings(n_ctx=1024, n_gpu_layers=2)
+    from_settings = plan_for_settings(path, machine, saved)
+    assert (from_settings.n_ctx, from_settings.n_gpu_layers) == (1024, 2)
+    explicit = plan_for_settings(path, machine, saved, n_ctx=512, n_gpu_layers=-1)
+    assert (explicit.n_ctx, explicit.n_gpu_layers) == (512, read_gguf(path).n_layers + 1)
+    assert planned.n_threads == from_settings.n_threads == explicit.n_threads

@@ -33,28 +33,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def _plan(
     path: Any, settings: Settings, ctx: int | None, gpu_layers: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(load kwargs, plan as a JSON-able dict) from the planner for this machine.
-
-    The command line wins over the settings (n_ctx 0 and n_gpu_layers -1 there mean "planned");
-    a negative --gpu-layers means every layer. The planner evaluates what was asked, so the
-    JSON always shows the memory that configuration needs.
-    """
+    """(load kwargs, plan as a JSON-able dict); --ctx and --gpu-layers win over the settings."""
     from huozi_local.core import hardware, planner
-    from huozi_local.core.gguf_file import read_gguf
 
-    gguf = read_gguf(path)
-    layers = gpu_layers if gpu_layers is not None else settings.n_gpu_layers
-    if gpu_layers is None and layers < 0:
-        layers_asked: int | None = None
-    else:
-        layers_asked = gguf.n_layers + 1 if layers < 0 else layers
-    n_ctx = ctx if ctx is not None else (settings.n_ctx or None)
-    plan = planner.plan_for_file(
-        gguf,
-        hardware.detect_machine(),
-        max_ctx=settings.max_context,
-        n_gpu_layers=layers_asked,
-        n_ctx=n_ctx,
+    plan = planner.plan_for_settings(
+        path, hardware.detect_machine(), settings, n_ctx=ctx, n_gpu_layers=gpu_layers
     )
     if not plan.fits:
         print(

@@ -33,6 +33,7 @@ from huozi_local.core.plan_model import (
 
 if TYPE_CHECKING:
     from huozi_local.core.catalog import ModelFamily
+    from huozi_local.core.config import Settings
     from huozi_local.core.gguf_file import GGUFFile
     from huozi_local.core.hardware import Machine
 
@@ -311,6 +312,37 @@ def plan_for_file(
     asked = n_gpu_layers is not None
     why = f"quant: {quant or 'unknown'} (the file's own)" + (", layers as asked" if asked else "")
     return _explain(plan, machine, why_quant=why, shape=shape)
+
+
+def plan_for_settings(
+    path: str | Path,
+    machine: Machine,
+    settings: Settings,
+    *,
+    n_ctx: int | None = None,
+    n_gpu_layers: int | None = None,
+) -> Plan:
+    """The plan every front end loads with: explicit values, then the settings, then the planner.
+
+    In the settings n_ctx 0 and n_gpu_layers -1 mean "let the planner choose"; an explicit
+    negative n_gpu_layers means every layer. What was asked is still evaluated, so the plan
+    always shows the memory that configuration needs.
+    """
+    from huozi_local.core.gguf_file import read_gguf
+
+    gguf = read_gguf(Path(path))
+    layers = n_gpu_layers if n_gpu_layers is not None else settings.n_gpu_layers
+    if n_gpu_layers is None and layers < 0:
+        layers_asked: int | None = None
+    else:
+        layers_asked = gguf.n_layers + 1 if layers < 0 else layers
+    return plan_for_file(
+        gguf,
+        machine,
+        max_ctx=settings.max_context,
+        n_gpu_layers=layers_asked,
+        n_ctx=n_ctx if n_ctx is not None else (settings.n_ctx or None),
+    )
 
 
 def evaluate_family_plan(

@@ -56,18 +56,14 @@ def saved_model_choice(settings: Settings, paths: Paths) -> ModelChoice | None:
 def choice_for(
     path: Path, label: str, quant: str, settings: Settings, machine: object | None = None
 ) -> ModelChoice:
-    """Settings win where set; 'automatic' (n_ctx 0, GPU layers -1) is the planner's choice."""
-    if settings.n_ctx > 0 and settings.n_gpu_layers >= 0:
-        return ModelChoice(path, label, quant, settings.n_ctx, settings.n_gpu_layers)
+    """The planner's load options for the settings as they stand (planner.plan_for_settings)."""
     from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.planner import plan_for_file
+    from huozi_local.core.planner import plan_for_settings
 
-    plan = plan_for_file(
+    plan = plan_for_settings(
         path,
         machine if machine is not None else detect_machine(),  # type: ignore[arg-type]
-        max_ctx=settings.max_context,
-        n_gpu_layers=settings.n_gpu_layers if settings.n_gpu_layers >= 0 else None,
-        n_ctx=settings.n_ctx or None,
+        settings,
     )
     kwargs = dict(plan.load_kwargs())
     n_ctx = int(kwargs.pop("n_ctx"))

@@ -133,15 +133,12 @@ def memory_estimate_text(settings: Settings, paths: Paths, machine: Any = None) 
     """The planner's estimate for the settings as they stand (settings screen)."""
     from huozi_local.core.hardware import detect_machine
     from huozi_local.core.model_files import resolve_local_model
-    from huozi_local.core.planner import plan_for_file
+    from huozi_local.core.planner import plan_for_settings
 
     try:
         resolved = resolve_local_model(settings.model, paths)
-        plan = plan_for_file(
-            resolved.path,
-            machine if machine is not None else detect_machine(),
-            n_gpu_layers=settings.n_gpu_layers if settings.n_gpu_layers >= 0 else None,
-            n_ctx=settings.n_ctx or None,
+        plan = plan_for_settings(
+            resolved.path, machine if machine is not None else detect_machine(), settings
         )
     except HuoziError as exc:
         return f"内存估计 Memory estimate unavailable: {exc}"

@@ -16,7 +16,6 @@ from hub_server import FakeHub, closed_port_url, running_hub
 
 from huozi_local.cli import main
 from huozi_local.core import download as download_module
-from huozi_local.core import huozi
 from huozi_local.core.config import Paths
 from huozi_local.core.download import download_model
 from huozi_local.core.errors import Cancelled, HuoziError
@@ -301,8 +300,8 @@ def test_modelscope_without_the_package_says_how_to_install_it(
 def test_legacy_model_is_downloaded_repaired_and_chats(
     paths: Paths, tiny_models: TinyModels, keep_original: bool
 ) -> None:
-    import llama_cpp
-
+    from huozi_local.core.chat_types import ChatMessage, collect_reply
+    from huozi_local.core.engine import LlamaEngine
     from huozi_local.testing.tiny_model import RIG_TEXT
 
     legacy = tiny_models.get("split", "q4_0", rig="chat")
@@ -334,15 +333,13 @@ def test_legacy_model_is_downloaded_repaired_and_chats(
     if keep_original:
         assert result.original_path == original and sha256_of(original) == result.sha256
 
-    llm = llama_cpp.Llama(str(final), n_ctx=256, verbose=False)
-    prompt = llm.tokenize("<|beginofutterance|>助手\n".encode(), add_bos=True, special=True)
-    out: list[int] = []
-    for token in llm.generate(prompt, temp=0.2, repeat_penalty=1.1):
-        out.append(token)
-        if token == huozi.END_OF_UTTERANCE_ID or len(out) > 40:
-            break
-    assert out[-1] == huozi.END_OF_UTTERANCE_ID
-    assert llm.detokenize(out[:-1]).decode("utf-8") == RIG_TEXT
+    # The downloaded, repaired file chats through the engine every front end uses.
+    engine = LlamaEngine.load(final, n_ctx=256)
+    try:
+        reply = collect_reply(engine.stream_reply([ChatMessage("user", "你好")]))
+    finally:
+        engine.close()
+    assert (reply.text, reply.stop_reason) == (RIG_TEXT, "stop")
 
 
 def test_community_family_resolves_files_from_the_hub_listing(

@@ -62,7 +62,10 @@ class ThrottledProgress:
         self._last = 0.0
         self.done = 0
 
-    def update(self, done: int, message: str = "", *, force: bool = False) -> None:
+    def update(
+        self, done: int, message: str | Callable[[], str] = "", *, force: bool = False
+    ) -> None:
+        """`message` may be a function, called only for the reports that go out (speed, ETA)."""
         self.done = done
         if self._callback is None:
             return
@@ -70,7 +73,8 @@ class ThrottledProgress:
         finished = self._total is not None and done >= self._total
         if force or finished or now - self._last >= self._interval_s:
             self._last = now
-            self._callback(Progress(self._stage, done, self._total, message))
+            text = message() if callable(message) else message
+            self._callback(Progress(self._stage, done, self._total, text))
 
     def advance(self, n: int, message: str = "") -> None:
         self.update(self.done + n, message)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from huozi_local.core.errors import HuoziError, NotEnoughDisk
-from huozi_local.core.progress import Progress, ProgressCallback, check_cancel
+from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 
 READ_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
@@ -108,14 +108,12 @@ def hash_existing(
 ) -> tuple[Any, int]:
     """sha256 state of bytes already on disk, so a resumed download still verifies in one pass."""
     digest = hashlib.sha256()
-    done = 0
+    reporter = ThrottledProgress(progress, "download", total)
     with open(part, "rb") as handle:
         while block := handle.read(HASH_BLOCK):
             digest.update(block)
-            done += len(block)
-            if progress is not None:
-                progress(Progress("download", done, total, "checking what is already downloaded"))
-    return digest, done
+            reporter.advance(len(block), "checking what is already downloaded")
+    return digest, reporter.done
 
 
 class _TransientFailure(Exception):
@@ -243,16 +241,15 @@ class _Transfer:
         self.progress, self.cancel = progress, cancel
         self.meter = TransferMeter(total)
         self.range_requests = 0
-        self._last_report = 0.0
+        self._reporter = ThrottledProgress(progress, "download", total)
         self._opener = urllib.request.build_opener()  # honours HTTP(S)_PROXY / NO_PROXY
 
     def report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.progress is None or (not force and now - self._last_report < 0.1):
-            return
-        self._last_report = now
-        self.meter.update(self.have, now)
-        self.progress(Progress("download", self.have, self.total, self.meter.message()))
+        self._reporter.update(self.have, self._speed_and_eta, force=force)
+
+    def _speed_and_eta(self) -> str:
+        self.meter.update(self.have, time.monotonic())
+        return self.meter.message()
 
     def fetch_once(self, sink: HashingSink) -> bool:
         """One request; True when the file is complete (or its size was unknown and it ended)."""

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from hub_server import running_hub  # noqa: E402
 
 from huozi_local.core.config import Paths  # noqa: E402
-from huozi_local.core.download import download_model  # noqa: E402
+from huozi_local.core.fetch.download import download_model  # noqa: E402
 from huozi_local.testing.tiny_model import write_plain_gguf  # noqa: E402
 
 REPO = "bench/loopback-GGUF"

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from huozi_local.core.chat_types import ChatMessage, ReplyResult, SamplingOptions, collect_reply
-from huozi_local.core.engine import LlamaEngine
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions, collect_reply
 from huozi_local.testing.tiny_model import TinyModels
 
 QUESTIONS = (

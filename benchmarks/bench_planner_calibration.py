@@ -101,10 +101,10 @@ def main() -> None:
         path, n_ctx, ngl, flash, kv = args.child
         child(path, int(n_ctx), int(ngl), flash == "1", kv)
         return
-    from huozi_local.core.gguf_file import read_gguf
-    from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.memory_model import ModelShape
-    from huozi_local.core.planner import evaluate_plan
+    from huozi_local.core.gguf.header import read_gguf
+    from huozi_local.core.planning.hardware import detect_machine
+    from huozi_local.core.planning.memory_model import ModelShape
+    from huozi_local.core.planning.planner import evaluate_plan
 
     path = args.gguf
     if path is None:

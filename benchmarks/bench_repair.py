@@ -30,14 +30,14 @@ from huozi_local.testing.legacy_gguf import write_legacy_gguf
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from huozi_local.core.repair import repair_gguf
+from huozi_local.core.gguf.repair import repair_gguf
 src, dst, sha = sys.argv[1], sys.argv[2], sys.argv[3] or None
 start = time.perf_counter()
 result = repair_gguf(Path(src), Path(dst), source_sha256=sha)
 print(json.dumps({"seconds": time.perf_counter() - start, "sha": result.source_sha256}))
 """
 
-BASELINE_CHILD = "import huozi_local.core.repair, huozi_local.core.gguf_file, gguf"
+BASELINE_CHILD = "import huozi_local.core.gguf.repair, huozi_local.core.gguf.header, gguf"
 
 
 def warm(path: Path) -> None:

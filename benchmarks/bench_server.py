@@ -23,9 +23,9 @@ from pathlib import Path
 
 import openai
 
-from huozi_local.core.chat_types import ChatMessage, SamplingOptions, collect_reply
-from huozi_local.core.engine import LlamaEngine
-from huozi_local.core.remote import RemoteBackend
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.remote_backend import RemoteBackend
+from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.testing.tiny_model import TinyModels
 
 

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from huozi_local.core.chat_types import ChatMessage, SamplingOptions, collect_reply
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.engine import LlamaEngine
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import create_app
 from huozi_local.tui.screens.chat import ChatScreen

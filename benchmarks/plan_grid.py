@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from huozi_local.core.catalog import get_family
-from huozi_local.core.hardware import GiB, Machine
-from huozi_local.core.memory_model import format_bytes
-from huozi_local.core.planner import choose_plan
+from huozi_local.core.planning.hardware import GiB, Machine
+from huozi_local.core.planning.memory_model import format_bytes
+from huozi_local.core.planning.planner import choose_plan
 
 GRID: list[tuple[str, int, int]] = (
     [("cpu", 0, ram) for ram in (16, 32, 64)]

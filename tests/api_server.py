@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.types import (
     ChatBackend,
     ChatMessage,
     ReplyEvent,

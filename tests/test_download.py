@@ -15,18 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import FakeHub, closed_port_url, running_hub
 
 from huozi_local.cli import main
-from huozi_local.core import download as download_module
 from huozi_local.core.config import Paths
-from huozi_local.core.download import download_model
 from huozi_local.core.errors import Cancelled, HuoziError
-from huozi_local.core.gguf_file import read_gguf
-from huozi_local.core.model_files import (
+from huozi_local.core.fetch import download as download_module
+from huozi_local.core.fetch.download import download_model
+from huozi_local.core.fetch.model_folder import (
     family_model_path,
     hf_model_path,
     original_copy_path,
     partial_download_path,
     read_sidecar,
 )
+from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import TinyModels, write_plain_gguf
 
@@ -300,8 +300,8 @@ def test_modelscope_without_the_package_says_how_to_install_it(
 def test_legacy_model_is_downloaded_repaired_and_chats(
     paths: Paths, tiny_models: TinyModels, keep_original: bool
 ) -> None:
-    from huozi_local.core.chat_types import ChatMessage, collect_reply
-    from huozi_local.core.engine import LlamaEngine
+    from huozi_local.core.chat.engine import LlamaEngine
+    from huozi_local.core.chat.types import ChatMessage, collect_reply
     from huozi_local.testing.tiny_model import RIG_TEXT
 
     legacy = tiny_models.get("split", "q4_0", rig="chat")

@@ -23,17 +23,17 @@ from modelscope_server import FakeHub, running_modelscope
 
 from huozi_local.cli import main
 from huozi_local.core.config import Paths
-from huozi_local.core.download import download_model
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.gguf_file import read_gguf
-from huozi_local.core.model_files import (
+from huozi_local.core.fetch.download import download_model
+from huozi_local.core.fetch.model_folder import (
     family_model_path,
     hf_model_path,
     original_copy_path,
     partial_download_path,
     read_sidecar,
 )
-from huozi_local.core.modelscope_source import resolve_endpoint
+from huozi_local.core.fetch.modelscope import resolve_endpoint
+from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import TinyModels, write_plain_gguf
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from huozi_local.core import huozi
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.types import (
     ChatMessage,
     ContextTrimmed,
     ReplyEvent,
@@ -20,9 +21,8 @@ from huozi_local.core.chat_types import (
     TextDelta,
     collect_reply,
 )
-from huozi_local.core.engine import LlamaEngine
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError
-from huozi_local.core.gguf_file import read_gguf
+from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, copy_fields
 
@@ -326,7 +326,7 @@ def test_a_chat_reply_after_raw_completions_still_works(completion_engine: Llama
 def test_a_repaired_control_typed_file_behaves_the_same(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
-    from huozi_local.core.repair import repair_gguf
+    from huozi_local.core.gguf.repair import repair_gguf
 
     src = tiny_models.get("merged", "q4_0", "chat")
     dst = tmp_path / "repaired.gguf"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from huozi_local.core import huozi
-from huozi_local.core.gguf_file import read_gguf
+from huozi_local.core.gguf.header import read_gguf
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 from huozi_local.testing.vocab import TOKEN_BYTE, TOKEN_USER_DEFINED, build_vocabulary
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from huozi_local.cli import main
-from huozi_local.core.build_info import (
+from huozi_local.core.planning.build_info import (
     BuildDevice,
     BuildInfo,
     reinstall_command,
     running_under_pipx,
 )
-from huozi_local.core.hardware import (
+from huozi_local.core.planning.hardware import (
     GPU,
     GiB,
     Machine,

@@ -12,7 +12,33 @@ from pathlib import Path
 import huozi_local.core
 
 CORE_DIR = Path(huozi_local.core.__file__).parent
-CORE_MODULES = sorted(f"huozi_local.core.{m.name}" for m in pkgutil.iter_modules([str(CORE_DIR)]))
+CORE_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages([str(CORE_DIR)], prefix="huozi_local.core.")
+)
+
+# Data flows gguf -> planning -> fetch, and gguf -> chat; a layer never reaches up or sideways.
+FORBIDDEN_LAYERS: dict[str, set[str]] = {
+    "gguf": {"planning", "fetch", "chat", "store"},
+    "planning": {"fetch", "chat", "store"},
+    "chat": {"planning", "fetch", "store"},
+    "store": {"planning", "fetch", "gguf"},
+}
+
+
+def _core_imports(source: str, module_name: str) -> set[str]:
+    """Every huozi_local.core module named in a source, function-level and relative imports too."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = module_name.rsplit(".", node.level)[0]
+                module = f"{base}.{module}" if module else base
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name.startswith("huozi_local.core.")}
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -47,7 +73,7 @@ def test_help_runs_without_heavy_libraries() -> None:
 
 
 def test_every_core_module_imports_without_ui_libraries() -> None:
-    assert "huozi_local.core.gguf_file" in CORE_MODULES
+    assert "huozi_local.core.gguf.header" in CORE_MODULES
     statement = "\n".join(f"import {m}" for m in CORE_MODULES)
     loaded = _loaded_after(statement)
     assert not loaded & {"textual", "rich"}
@@ -76,3 +102,25 @@ def test_version_and_help_from_console_script() -> None:
         [sys.executable, "-m", "huozi_local", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "usage: huozi-local" in helped.stdout
+
+
+def test_core_layers_import_only_downward() -> None:
+    violations = []
+    for path in sorted(CORE_DIR.rglob("*.py")):
+        layer = path.relative_to(CORE_DIR).parts[0]
+        module_name = "huozi_local." + ".".join(
+            path.relative_to(CORE_DIR.parent).with_suffix("").parts
+        )
+        for name in _core_imports(path.read_text(encoding="utf-8"), module_name):
+            target = name.split(".")[2]
+            if target in FORBIDDEN_LAYERS.get(layer, set()):
+                violations.append(f"{path.relative_to(CORE_DIR)} imports {name}")
+    assert violations == []
+
+
+def test_layer_rule_sees_imports_inside_functions() -> None:
+    source = (
+        "def f() -> None:\n    from ..fetch import hub\n    import huozi_local.core.chat.engine\n"
+    )
+    found = _core_imports(source, "huozi_local.core.gguf.hidden")
+    assert {"huozi_local.core.fetch.hub", "huozi_local.core.chat.engine"} <= found

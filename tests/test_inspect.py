@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from huozi_local.cli import main
-from huozi_local.core.gguf_file import read_gguf
-from huozi_local.core.repair import repair_gguf
+from huozi_local.core.gguf.header import read_gguf
+from huozi_local.core.gguf.repair import repair_gguf
 from huozi_local.testing.legacy_gguf import write_legacy_gguf
 from huozi_local.testing.tiny_model import TinyModels, file_sha256
 

@@ -15,12 +15,12 @@ from hub_server import closed_port_url, running_hub
 from huozi_local.cli import main
 from huozi_local.core.catalog import get_family, parse_model_spec
 from huozi_local.core.config import Paths
-from huozi_local.core.download import download_model
-from huozi_local.core.download_target import family_with_listing, resolve_target
-from huozi_local.core.hardware import Machine, detect_machine
-from huozi_local.core.hub import RemoteFile, RepoListing
-from huozi_local.core.model_files import family_model_path, partial_download_path
-from huozi_local.core.planner import choose_plan, rank_quants
+from huozi_local.core.fetch.download import download_model
+from huozi_local.core.fetch.hub import RemoteFile, RepoListing
+from huozi_local.core.fetch.model_folder import family_model_path, partial_download_path
+from huozi_local.core.fetch.targets import family_with_listing, resolve_target
+from huozi_local.core.planning.hardware import Machine, detect_machine
+from huozi_local.core.planning.planner import choose_plan, rank_quants
 from huozi_local.testing.tiny_model import TinyModels
 
 COMMUNITY_REPO = "mradermacher/huozi3.5-GGUF"
@@ -46,7 +46,7 @@ def machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
     """One real reading of this machine, used by the command and the test alike: free RAM moves
     between two readings on a shared machine, and a verdict near a boundary would flip."""
     reading = detect_machine()
-    monkeypatch.setattr("huozi_local.core.hardware.detect_machine", lambda **_: reading)
+    monkeypatch.setattr("huozi_local.core.planning.hardware.detect_machine", lambda **_: reading)
     return reading
 
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from huozi_local.cli import main
 from huozi_local.core.catalog import get_family
 from huozi_local.core.errors import GGUFError
-from huozi_local.core.gguf_file import read_gguf
-from huozi_local.core.hardware import GiB, Machine
-from huozi_local.core.memory_model import (
+from huozi_local.core.gguf.header import read_gguf
+from huozi_local.core.planning.hardware import GiB, Machine
+from huozi_local.core.planning.memory_model import (
     MiB,
     ModelShape,
     Placement,
@@ -22,7 +22,7 @@ from huozi_local.core.memory_model import (
     kv_cache_bytes,
     parse_size,
 )
-from huozi_local.core.planner import (
+from huozi_local.core.planning.planner import (
     choose_plan,
     evaluate_plan,
     memory_budget,
@@ -233,7 +233,7 @@ def test_plan_command_bad_input_is_one_line(
 def test_plan_for_settings_explicit_then_settings_then_planner(tiny_models: TinyModels) -> None:
     """One rule for every front end: explicit values win, then the settings (0 / -1 = planned)."""
     from huozi_local.core.config import Settings
-    from huozi_local.core.planner import plan_for_settings
+    from huozi_local.core.planning.planner import plan_for_settings
 
     path = tiny_models.get("merged", "q4_0")
     machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)

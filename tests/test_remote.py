@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from api_server import GREEDY, RunningServer, running_server
 
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.remote_backend import RemoteBackend, parse_endpoint
+from huozi_local.core.chat.types import (
     ChatBackend,
     ChatMessage,
     ReplyResult,
@@ -19,9 +21,7 @@ from huozi_local.core.chat_types import (
     TextDelta,
     collect_reply,
 )
-from huozi_local.core.engine import LlamaEngine
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.remote import RemoteBackend, parse_endpoint
 
 RIG_TEXT = "你好，龘世界！"
 pytestmark = pytest.mark.slow

@@ -11,9 +11,8 @@ import pytest
 
 from huozi_local.core import huozi
 from huozi_local.core.errors import Cancelled
-from huozi_local.core.gguf_file import GGUFFile, read_gguf
-from huozi_local.core.progress import Progress
-from huozi_local.core.repair import (
+from huozi_local.core.gguf.header import GGUFFile, read_gguf
+from huozi_local.core.gguf.repair import (
     SOURCE_SHA256_KEY,
     VERSION_KEY,
     RepairResult,
@@ -21,6 +20,7 @@ from huozi_local.core.repair import (
     repair_gguf,
     repair_plan,
 )
+from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, file_sha256
 
 QUANTS = ("f32", "q4_0", "q2_k")
@@ -244,7 +244,7 @@ def _interleaved_copy(src: Path, dst: Path) -> None:
     import os
     import re
 
-    from huozi_local.core.gguf_rewrite import (
+    from huozi_local.core.gguf.rewrite import (
         OutTensor,
         Piece,
         build_header,

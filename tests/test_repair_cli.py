@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from huozi_local.cli import main
-from huozi_local.core import repair as repair_module
-from huozi_local.core.gguf_file import read_gguf
+from huozi_local.core.gguf import repair as repair_module
+from huozi_local.core.gguf.header import read_gguf
 from huozi_local.testing.tiny_model import TinyModels, file_sha256
 
 
@@ -191,7 +191,7 @@ KILLED_CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from huozi_local.core import progress
-    from huozi_local.core.repair import repair_gguf
+    from huozi_local.core.gguf.repair import repair_gguf
 
     original = progress.ThrottledProgress.update
 

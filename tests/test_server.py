@@ -15,8 +15,8 @@ import openai
 import pytest
 from api_server import GREEDY, RunningServer, running_server
 
-from huozi_local.core.chat_types import ChatMessage, SamplingOptions, collect_reply
-from huozi_local.core.engine import LlamaEngine
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.server.schemas import APIError, parse_chat_request, parse_completion_request
 
 RIG_TEXT = "你好，龘世界！"
@@ -371,7 +371,7 @@ async def test_a_slow_client_gets_the_same_text_in_fewer_chunks(loop_engine: Lla
     """Deltas that queue up while the client is busy arrive merged: same text, end and result."""
     import asyncio
 
-    from huozi_local.core.chat_types import ReplyResult, TextDelta
+    from huozi_local.core.chat.types import ReplyResult, TextDelta
     from huozi_local.server.queue import GenerationQueue
 
     generation = GenerationQueue()

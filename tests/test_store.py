@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.migrations import MIGRATIONS
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.core.store.migrations import MIGRATIONS
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_a_killed_process_keeps_every_completed_message(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from huozi_local.core.store import ConversationStore\n"
+        "from huozi_local.core.store.conversations import ConversationStore\n"
         f"s = ConversationStore.open(Path({str(path)!r}))\n"
         "c = s.create_conversation()\n"
         "s.add_message(c.id, 'user', '问题')\n"

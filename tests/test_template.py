@@ -8,11 +8,9 @@ from typing import Literal
 import pytest
 
 from huozi_local.core import huozi
-from huozi_local.core.chat_types import ChatMessage
-from huozi_local.core.detokenize import StopText, Utf8Stream
-from huozi_local.core.engine import LlamaEngine
-from huozi_local.core.errors import HuoziError
-from huozi_local.core.template import (
+from huozi_local.core.chat.detokenize import StopText, Utf8Stream
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.template import (
     RawText,
     Reply,
     Special,
@@ -22,6 +20,8 @@ from huozi_local.core.template import (
     render_training_template,
     with_system_prompt,
 )
+from huozi_local.core.chat.types import ChatMessage
+from huozi_local.core.errors import HuoziError
 from huozi_local.testing.tiny_model import TinyModels
 
 U: Literal["user"] = "user"

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from huozi_local.core.chat_types import ChatMessage, ReplyResult, SamplingOptions
+    from huozi_local.core.chat.engine import LlamaEngine
+    from huozi_local.core.chat.remote_backend import RemoteBackend
+    from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions
     from huozi_local.core.config import Paths
-    from huozi_local.core.engine import LlamaEngine
-    from huozi_local.core.remote import RemoteBackend
 
 PROMPT = "用户> "
 HELP = "commands: /new  /system TEXT  /regen  /save [FILE]  /quit   (Ctrl-C stops a reply)"
@@ -53,7 +53,7 @@ class ChatSession:
 
         engine: LlamaEngine | RemoteBackend
         if getattr(args, "endpoint", None):
-            from huozi_local.core.remote import RemoteBackend
+            from huozi_local.core.chat.remote_backend import RemoteBackend
 
             settings = Settings.load(Paths.from_env().config_file)
             system = args.system if args.system is not None else settings.system_prompt
@@ -127,7 +127,7 @@ class ChatSession:
                 if text.startswith("/") and self._command(text) == "quit":
                     break
                 if not text.startswith("/"):
-                    from huozi_local.core.chat_types import ChatMessage
+                    from huozi_local.core.chat.types import ChatMessage
 
                     self.messages.append(ChatMessage("user", line))
                     self._reply()
@@ -175,7 +175,7 @@ class ChatSession:
 
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import result_record
-        from huozi_local.core.chat_types import ChatMessage, ContextTrimmed, TextDelta
+        from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, TextDelta
 
         cancel = threading.Event()
         previous = signal.getsignal(signal.SIGINT)

@@ -11,9 +11,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from huozi_local.core.chat_types import SamplingOptions
+    from huozi_local.core.chat.engine import LlamaEngine
+    from huozi_local.core.chat.types import SamplingOptions
     from huozi_local.core.config import Settings
-    from huozi_local.core.engine import LlamaEngine
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def _plan(
     path: Any, settings: Settings, ctx: int | None, gpu_layers: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(load kwargs, plan as a JSON-able dict); --ctx and --gpu-layers win over the settings."""
-    from huozi_local.core import hardware, planner
+    from huozi_local.core.planning import hardware, planner
 
     plan = planner.plan_for_settings(
         path, hardware.detect_machine(), settings, n_ctx=ctx, n_gpu_layers=gpu_layers
@@ -50,10 +50,10 @@ def _plan(
 
 def load_engine(args: argparse.Namespace) -> tuple[LlamaEngine, dict[str, Any], Settings]:
     """Resolve --model, plan, and load with a progress line on a terminal's stderr."""
+    from huozi_local.core.chat.engine import LlamaEngine
     from huozi_local.core.config import Paths, Settings
-    from huozi_local.core.engine import LlamaEngine
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.model_files import resolve_local_model
+    from huozi_local.core.fetch.model_folder import resolve_local_model
 
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
@@ -85,7 +85,7 @@ def _progress_printer(name: str) -> Any:
 
 def sampling_from(args: argparse.Namespace, settings: Settings) -> SamplingOptions:
     """Sampling options: the command line over the settings over the README's defaults."""
-    from huozi_local.core.chat_types import SamplingOptions
+    from huozi_local.core.chat.types import SamplingOptions
     from huozi_local.core.errors import HuoziError
 
     max_tokens = args.max_tokens if args.max_tokens is not None else settings.max_tokens

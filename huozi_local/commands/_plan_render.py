@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from huozi_local.core.memory_model import format_bytes
-from huozi_local.core.planner import Plan
+from huozi_local.core.planning.memory_model import format_bytes
+from huozi_local.core.planning.planner import Plan
 
 
 def plan_lines(plan: Plan) -> list[str]:

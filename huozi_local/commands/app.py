@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 
 def run_app(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths, Settings
-    from huozi_local.core.store import ConversationStore
+    from huozi_local.core.store.conversations import ConversationStore
 
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
@@ -54,7 +54,7 @@ def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> A
     endpoint = getattr(args, "endpoint", None)
     model = getattr(args, "model", None)
     if endpoint:
-        from huozi_local.core.remote import RemoteBackend
+        from huozi_local.core.chat.remote_backend import RemoteBackend
 
         backend = RemoteBackend(
             endpoint,
@@ -68,7 +68,7 @@ def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> A
             settings=settings, paths=paths, store=store, backend=backend, model_info=info
         )
     if model:
-        from huozi_local.core.model_files import resolve_local_model
+        from huozi_local.core.fetch.model_folder import resolve_local_model
 
         resolve_local_model(model, paths)  # one clear line now rather than a setup screen
         settings.model = model

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 def read_messages_file(path: Path) -> list[Any]:
     """An OpenAI-style message list from a file, or a one-line HuoziError."""
-    from huozi_local.core.chat_types import ChatMessage
+    from huozi_local.core.chat.types import ChatMessage
     from huozi_local.core.errors import HuoziError
 
     try:
@@ -70,7 +70,7 @@ def _question(args: argparse.Namespace) -> str | None:
 
 def run_ask(args: argparse.Namespace) -> int:
     from huozi_local.commands._engine_load import load_engine, result_record, sampling_from
-    from huozi_local.core.chat_types import ChatMessage, ReplyResult, TextDelta
+    from huozi_local.core.chat.types import ChatMessage, ReplyResult, TextDelta
     from huozi_local.core.errors import HuoziError
 
     messages = read_messages_file(Path(args.messages)) if args.messages else []

@@ -46,8 +46,8 @@ def register(subparsers: Any) -> None:
 def run_download(args: argparse.Namespace) -> int:
     from huozi_local.commands._progress_bar import ProgressBar
     from huozi_local.core.config import Paths
-    from huozi_local.core.download import DownloadResult, download_model
     from huozi_local.core.errors import Cancelled
+    from huozi_local.core.fetch.download import DownloadResult, download_model
 
     paths = Paths.from_env()
     cancel = threading.Event()
@@ -90,7 +90,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def _report(result: Any) -> None:
-    from huozi_local.core.transfer import format_bytes
+    from huozi_local.core.fetch.transfer import format_bytes
 
     if result.already_present:
         print(f"{result.spec} is already downloaded: {result.path}")

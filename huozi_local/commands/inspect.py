@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from huozi_local.core.gguf_file import GGUFFile
+    from huozi_local.core.gguf.header import GGUFFile
 
 JSON_SCHEMA_VERSION = 1
 
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def inspect_report(gguf: GGUFFile) -> dict[str, Any]:
     """The stable --json object (keys only ever added; `schema` bumps on any other change)."""
     from huozi_local.core import huozi
-    from huozi_local.core.repair import SOURCE_SHA256_KEY, repair_plan
+    from huozi_local.core.gguf.repair import SOURCE_SHA256_KEY, repair_plan
 
     blockers = gguf.load_blockers()
     try:
@@ -77,7 +77,7 @@ def inspect_report(gguf: GGUFFile) -> dict[str, Any]:
 def run_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from huozi_local.core.gguf_file import read_gguf
+    from huozi_local.core.gguf.header import read_gguf
 
     report = inspect_report(read_gguf(args.path))
     if args.json:

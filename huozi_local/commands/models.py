@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths
-    from huozi_local.core.inventory import model_states
+    from huozi_local.core.fetch.inventory import model_states
 
     states = model_states(Paths.from_env(), offline=args.offline, endpoint=args.endpoint)
     if args.json:
@@ -50,7 +50,7 @@ def _print_table(states: list[Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from huozi_local.core.transfer import format_bytes
+    from huozi_local.core.fetch.transfer import format_bytes
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("model", "file", "size", "on disk", "fits here"):

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from huozi_local.core.hardware import Machine
+    from huozi_local.core.planning.hardware import Machine
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +44,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from huozi_local.commands._plan_render import print_plan
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.planner import plan_for_spec
+    from huozi_local.core.planning.planner import plan_for_spec
 
     for name in ("ctx", "max_ctx", "gpu_layers", "cores"):
         value = getattr(args, name)
@@ -63,8 +63,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _machine(args: argparse.Namespace) -> Machine:
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.hardware import Machine, detect_machine, probe_ram
-    from huozi_local.core.memory_model import parse_size
+    from huozi_local.core.planning.hardware import Machine, detect_machine, probe_ram
+    from huozi_local.core.planning.memory_model import parse_size
 
     what_if = args.backend or args.vram or args.ram or args.cores
     if not what_if:

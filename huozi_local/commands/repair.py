@@ -32,7 +32,7 @@ def run_repair(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from huozi_local.commands._progress_bar import ProgressBar
-    from huozi_local.core.repair import repair_gguf
+    from huozi_local.core.gguf.repair import repair_gguf
 
     output = Path(args.output).expanduser() if args.output else None
     with ProgressBar(sys.stderr) as bar:

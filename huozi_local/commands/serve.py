@@ -49,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from huozi_local.commands._engine_load import load_engine, sampling_from
     from huozi_local.core.config import Paths
-    from huozi_local.core.model_files import resolve_local_model
+    from huozi_local.core.fetch.model_folder import resolve_local_model
     from huozi_local.server.app import ServedModel, create_app
     from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
     from huozi_local.server.serving import raw_completer

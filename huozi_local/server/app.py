@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.types import (
     ChatBackend,
     ReplyEvent,
     ReplyResult,

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from huozi_local.core.chat_types import ReplyResult
+from huozi_local.core.chat.types import ReplyResult
 
 
 def new_id(prefix: str) -> str:

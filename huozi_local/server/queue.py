@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
-from huozi_local.core.chat_types import ReplyEvent, TextDelta
+from huozi_local.core.chat.types import ReplyEvent, TextDelta
 
 
 class ServerShuttingDown(Exception):

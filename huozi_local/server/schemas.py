@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from huozi_local.core.chat_types import ChatMessage, SamplingOptions, normalize_role
+from huozi_local.core.chat.types import ChatMessage, SamplingOptions, normalize_role
 from huozi_local.core.errors import HuoziError
 
 MAX_CHOICES = 8

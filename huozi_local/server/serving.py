@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
-from huozi_local.core.chat_types import ReplyEvent, SamplingOptions
+from huozi_local.core.chat.types import ReplyEvent, SamplingOptions
 
 CompleteFn = Callable[[str, SamplingOptions, threading.Event | None], Iterator[ReplyEvent]]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from huozi_local.core import huozi
-from huozi_local.core.gguf_format import ValueType
-from huozi_local.core.gguf_rewrite import OutTensor, Piece, build_header, encode_kv, encode_string
+from huozi_local.core.gguf.byte_format import ValueType
+from huozi_local.core.gguf.rewrite import OutTensor, Piece, build_header, encode_kv, encode_string
 from huozi_local.testing.vocab import build_vocabulary
 
 F32, Q4_0 = 0, 2

@@ -16,10 +16,10 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
-from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.tui.loading import (
     BackendLoader,
     ModelChoice,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.progress import ProgressCallback
@@ -43,7 +43,7 @@ def saved_model_choice(settings: Settings, paths: Paths) -> ModelChoice | None:
     """The model the last run used (Settings.model), when it is still on this disk."""
     if not settings.model:
         return None
-    from huozi_local.core.model_files import resolve_local_model
+    from huozi_local.core.fetch.model_folder import resolve_local_model
 
     try:
         resolved = resolve_local_model(settings.model, paths)
@@ -57,8 +57,8 @@ def choice_for(
     path: Path, label: str, quant: str, settings: Settings, machine: object | None = None
 ) -> ModelChoice:
     """The planner's load options for the settings as they stand (planner.plan_for_settings)."""
-    from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.planner import plan_for_settings
+    from huozi_local.core.planning.hardware import detect_machine
+    from huozi_local.core.planning.planner import plan_for_settings
 
     plan = plan_for_settings(
         path,
@@ -77,7 +77,7 @@ def load_local_engine(
     cancel: threading.Event | None = None,
 ) -> ChatBackend:
     """The real engine; the system prompt comes from the conversation, not the engine default."""
-    from huozi_local.core.engine import LlamaEngine
+    from huozi_local.core.chat.engine import LlamaEngine
 
     return LlamaEngine.load(
         choice.path,

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.types import (
     ChatBackend,
     ChatMessage,
     ReplyEvent,
@@ -20,7 +20,7 @@ from huozi_local.core.chat_types import (
 )
 from huozi_local.core.config import Settings
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.store import ConversationStore, StoredMessage
+from huozi_local.core.store.conversations import ConversationStore, StoredMessage
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """What the setup and settings screens say about this machine and the quants (no Textual here).
 
-The numbers come from `core.planner` (rank_quants / evaluate_plan) over `core.hardware`'s
-machine; this module only turns them into the lines a person reads: fits / partly on GPU /
-will not fit, the reason, and the disk space a download needs.
+The numbers come from `core.planning.planner` (rank_quants / evaluate_plan) over
+`core.planning.hardware`'s machine; this module only turns them into the lines a person reads:
+fits / partly on GPU / will not fit, the reason, and the disk space a download needs.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def build_setup_report(
     machine: Callable[[], object] | None = None,
     disk_probe: Callable[[Path], int] | None = None,
 ) -> SetupReport:
-    from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.planner import choose_plan, rank_quants
+    from huozi_local.core.planning.hardware import detect_machine
+    from huozi_local.core.planning.planner import choose_plan, rank_quants
 
     family = get_family(family_name)
     found: Any = machine() if machine is not None else detect_machine()
@@ -131,9 +131,9 @@ def _free_bytes(folder: Path) -> int:
 
 def memory_estimate_text(settings: Settings, paths: Paths, machine: Any = None) -> str:
     """The planner's estimate for the settings as they stand (settings screen)."""
-    from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.model_files import resolve_local_model
-    from huozi_local.core.planner import plan_for_settings
+    from huozi_local.core.fetch.model_folder import resolve_local_model
+    from huozi_local.core.planning.hardware import detect_machine
+    from huozi_local.core.planning.planner import plan_for_settings
 
     try:
         resolved = resolve_local_model(settings.model, paths)

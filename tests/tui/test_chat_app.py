@@ -12,7 +12,7 @@ import pytest
 from tui_helpers import chat_ready, wait_for
 
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
 from huozi_local.tui.loading import ModelChoice, choice_for, load_local_engine

@@ -19,9 +19,9 @@ from textual.notifications import Notify
 from textual.widgets import Input, Select
 from tui_helpers import chat_ready, wait_for
 
-from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.model_files import family_model_path
+from huozi_local.core.fetch.model_folder import family_model_path
 from huozi_local.core.progress import ProgressCallback
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 from huozi_local.tui.app import HuoziApp, create_app

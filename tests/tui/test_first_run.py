@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hub_server import running_hub
 
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.hardware import Machine
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.planning.hardware import Machine
+from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import AppOptions, create_app
 from huozi_local.tui.screens.chat import ChatScreen

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hub_server import FakeHub, running_hub
 
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.hardware import Machine
-from huozi_local.core.model_files import (
+from huozi_local.core.fetch.model_folder import (
     family_model_path,
     installed_models,
     partial_download_path,
 )
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 from huozi_local.tui.app import AppOptions, create_app
 from huozi_local.tui.screens.chat import ChatScreen

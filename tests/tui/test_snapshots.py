@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.hardware import Machine
-from huozi_local.core.store import ConversationStore
+from huozi_local.core.planning.hardware import Machine
+from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import AppOptions, HuoziApp, create_app
 from huozi_local.tui.loading import choice_for, load_local_engine

@@ -8,7 +8,7 @@ from textual.app import App, ComposeResult
 from tui_helpers import wait_for
 
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.store import Conversation, ConversationStore
+from huozi_local.core.store.conversations import Conversation, ConversationStore
 from huozi_local.tui.app import create_app
 from huozi_local.tui.screens.chat import PendingText
 from huozi_local.tui.session import ModelInfo, ReplyStats
@@ -152,7 +152,7 @@ async def test_settings_estimate_follows_gpu_layers_and_save_persists(
 
     from textual.widgets import Input, Static
 
-    from huozi_local.core.hardware import Machine
+    from huozi_local.core.planning.hardware import Machine
     from huozi_local.tui.app import AppOptions
     from huozi_local.tui.screens.settings import SettingsScreen
 

@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from huozi_local.core.chat_types import ContextTrimmed, ReplyResult, TextDelta
+from huozi_local.core.chat.types import ContextTrimmed, ReplyResult, TextDelta
 from huozi_local.core.errors import HuoziError
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
 from huozi_local.tui.session import ChatSession

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Label, ProgressBar
 
-from huozi_local.core.chat_types import ChatBackend
+from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.progress import Progress
 from huozi_local.tui.loading import BackendLoader, ModelChoice

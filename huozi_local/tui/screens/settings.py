@@ -51,7 +51,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.model = model
 
     def compose(self) -> ComposeResult:
-        from huozi_local.core.model_files import installed_models
+        from huozi_local.core.fetch.model_folder import installed_models
 
         models = [
             (f"{m.family}:{m.quant}", f"{m.family}:{m.quant}") for m in installed_models(self.paths)

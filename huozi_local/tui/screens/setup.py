@@ -1,7 +1,7 @@
 """First run: this machine, the recommended quant and offload with the reason, then download.
 
 Confirming starts one worker that downloads (with resume: a cancelled download keeps its bytes),
-verifies and repairs through `core.download.download_model`; its progress reports replace each
+verifies and repairs through `core.fetch.download.download_model`; its progress reports replace each
 other in one bar (stage, bytes, speed, time left). When the file is ready the app loads it.
 """
 
@@ -128,7 +128,7 @@ class SetupScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def download(self, option: SetupOption, cancel: threading.Event) -> None:
-        from huozi_local.core.download import download_model
+        from huozi_local.core.fetch.download import download_model
 
         def report(progress: Progress) -> None:
             self.post_message(SetupProgress(progress))

@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, ListItem, ListView
 
-from huozi_local.core.store import Conversation
+from huozi_local.core.store.conversations import Conversation
 
 
 class ConversationItem(ListItem):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from huozi_local.core.errors import GGUFError
-from huozi_local.core.gguf_format import (
+from huozi_local.core.gguf.byte_format import (
     DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     LAYER_RE,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from huozi_local.core.build_info import BuildInfo, probe_build, reinstall_command
+from huozi_local.core.planning.build_info import BuildInfo, probe_build, reinstall_command
 
 GiB = 1024**3
 MiB = 1024**2

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from huozi_local.core.chat_types import ChatMessage
+from huozi_local.core.chat.types import ChatMessage
 from huozi_local.core.errors import HuoziError
 
 # Below this many free tokens a reply is not worth starting.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from huozi_local.core.catalog import quant_rank
-from huozi_local.core.memory_model import (
+from huozi_local.core.planning.memory_model import (
     GiB,
     MemoryEstimate,
     MiB,
@@ -21,7 +21,7 @@ from huozi_local.core.memory_model import (
 )
 
 if TYPE_CHECKING:
-    from huozi_local.core.hardware import Machine
+    from huozi_local.core.planning.hardware import Machine
 
 DEFAULT_BATCH = 512
 RAM_HEADROOM = 1 * GiB

@@ -4,7 +4,7 @@ The pipeline for one file: resolve the spec to a repo file (the planner picks th
 is given) -> read the hub's size and sha256 (cached for offline use) -> refuse early when the disk
 cannot hold the file plus its repaired copy -> stream into a `.part` file that resumes after any
 interruption, hashing as it writes -> verify against the hub and the manifest -> repair a legacy
-split-expert file -> rename into the layout of `model_files`, sidecar first. Nothing is marked
+split-expert file -> rename into the layout of `model_folder`, sidecar first. Nothing is marked
 complete until it verified; a bad download is deleted, never left under a loadable name.
 """
 
@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huozi_local.core import hub
 from huozi_local.core.catalog import ModelSpec, parse_model_spec
 from huozi_local.core.config import Paths
-from huozi_local.core.download_target import DownloadTarget, fetch_listing, resolve_target
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError, NotEnoughDisk
-from huozi_local.core.model_files import (
+from huozi_local.core.fetch import hub
+from huozi_local.core.fetch.model_folder import (
     original_copy_path,
     partial_download_path,
     read_sidecar,
     write_sidecar,
 )
+from huozi_local.core.fetch.targets import DownloadTarget, fetch_listing, resolve_target
+from huozi_local.core.fetch.transfer import TransferResult, fetch_to_part, format_bytes
 from huozi_local.core.progress import Progress, ProgressCallback
-from huozi_local.core.transfer import TransferResult, fetch_to_part, format_bytes
 
 SOURCES = ("hf", "modelscope")
 
@@ -84,7 +84,7 @@ def download_model(
     is_offline = hub.offline_requested(offline)
     base = hub.resolve_endpoint(endpoint)
     if source == "modelscope":
-        from huozi_local.core import modelscope_source
+        from huozi_local.core.fetch import modelscope as modelscope_source
 
         base = modelscope_source.resolve_endpoint(endpoint)
         if not is_offline:
@@ -103,7 +103,7 @@ def download_model(
     if source == "hf":
         translate_errors = hub.translate_hub_errors(base, target.repo_id, target.filename)
     else:
-        from huozi_local.core import modelscope_source
+        from huozi_local.core.fetch import modelscope as modelscope_source
 
         translate_errors = modelscope_source.translate_errors(
             target.repo_id, target.filename, endpoint=base
@@ -186,7 +186,7 @@ def _existing(folder: Path) -> Path:
 
 def _file_url(target: DownloadTarget, base: str, token: str | None) -> tuple[str, dict[str, str]]:
     if target.source == "modelscope":
-        from huozi_local.core import modelscope_source
+        from huozi_local.core.fetch import modelscope as modelscope_source
 
         url = modelscope_source.file_url(
             target.repo_id, target.filename, target.revision, endpoint=base
@@ -327,8 +327,8 @@ def _repair_into(
     A legacy split-expert file always needs it; a merged huozi file may still lack the
     turn-ending metadata. The original stays untouched until the repaired file verified.
     """
-    from huozi_local.core.gguf_file import read_gguf
-    from huozi_local.core.repair import repair_gguf, repair_plan
+    from huozi_local.core.gguf.header import read_gguf
+    from huozi_local.core.gguf.repair import repair_gguf, repair_plan
 
     try:
         gguf = read_gguf(part)
@@ -381,6 +381,6 @@ def _sync_to_disk(path: Path) -> None:
 
 
 # The TUI and `models` import the inventory from here too: one module for "models on disk".
-from huozi_local.core.inventory import ModelState, model_states  # noqa: E402
+from huozi_local.core.fetch.inventory import ModelState, model_states  # noqa: E402
 
 __all__ = ["DownloadResult", "DownloadTarget", "ModelState", "download_model", "model_states"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.hub import RemoteFile, RepoListing, save_listing
+from huozi_local.core.fetch.hub import RemoteFile, RepoListing, save_listing
 
 INSTALL_HINT = (
     "--source modelscope needs the modelscope package: run `pipx inject huozi-local modelscope` "

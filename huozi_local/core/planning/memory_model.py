@@ -30,7 +30,7 @@ from huozi_local.core.catalog import QUANT_BITS_PER_WEIGHT
 
 if TYPE_CHECKING:
     from huozi_local.core.catalog import ModelFamily, QuantFile
-    from huozi_local.core.gguf_file import GGUFFile
+    from huozi_local.core.gguf.header import GGUFFile
 
 MiB = 1024**2
 GiB = 1024**3

@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from huozi_local.core import huozi
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.template import with_system_prompt
+from huozi_local.core.chat.types import (
     ChatMessage,
     ReplyEvent,
     ReplyResult,
@@ -33,7 +34,6 @@ from huozi_local.core.chat_types import (
     TextDelta,
 )
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.template import with_system_prompt
 
 OUR_OWNER = "huozi-local"
 FALLBACK_N_CTX = 4096

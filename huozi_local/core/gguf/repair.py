@@ -25,15 +25,15 @@ from pathlib import Path
 from huozi_local import __version__
 from huozi_local.core import huozi
 from huozi_local.core.errors import GGUFError, HuoziError, NotEnoughDisk
-from huozi_local.core.gguf_file import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
-from huozi_local.core.gguf_format import (
+from huozi_local.core.gguf.byte_format import (
     MERGED_EXPERT_RE,
     SPLIT_EXPERT_RE,
     TensorInfo,
     TokenType,
     ValueType,
 )
-from huozi_local.core.gguf_rewrite import (
+from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
+from huozi_local.core.gguf.rewrite import (
     DISK_FULL_ERRNOS,
     Header,
     OutTensor,

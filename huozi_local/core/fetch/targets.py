@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from huozi_local.core import hub
 from huozi_local.core.catalog import ModelFamily, ModelSpec, get_family
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.model_files import family_model_path, hf_model_path
+from huozi_local.core.fetch import hub
+from huozi_local.core.fetch.model_folder import family_model_path, hf_model_path
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def fetch_listing(
     if offline:
         return hub.load_cached_listing(paths, repo_id, source)
     if source == "modelscope":
-        from huozi_local.core import modelscope_source
+        from huozi_local.core.fetch import modelscope as modelscope_source
 
         return modelscope_source.fetch_listing(paths, repo_id, endpoint=base)
     return hub.fetch_hf_listing(paths, repo_id, endpoint=base, token=token)
@@ -77,8 +77,8 @@ def family_with_listing(family: ModelFamily, listing: hub.RepoListing | None) ->
 
 def choose_quant(family: ModelFamily) -> str:
     """The planner's choice of quant for this machine (`download huozi3` with no quant)."""
-    from huozi_local.core.hardware import detect_machine
-    from huozi_local.core.planner import choose_plan
+    from huozi_local.core.planning.hardware import detect_machine
+    from huozi_local.core.planning.planner import choose_plan
 
     plan = choose_plan(family, detect_machine())
     return str(plan.quant)

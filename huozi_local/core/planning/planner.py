@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huozi_local.core.memory_model import ModelShape, format_bytes
-from huozi_local.core.plan_model import (
+from huozi_local.core.planning.memory_model import ModelShape, format_bytes
+from huozi_local.core.planning.plan_model import (
     DEFAULT_BATCH,
     Budget,
     Plan,
@@ -34,8 +34,8 @@ from huozi_local.core.plan_model import (
 if TYPE_CHECKING:
     from huozi_local.core.catalog import ModelFamily
     from huozi_local.core.config import Settings
-    from huozi_local.core.gguf_file import GGUFFile
-    from huozi_local.core.hardware import Machine
+    from huozi_local.core.gguf.header import GGUFFile
+    from huozi_local.core.planning.hardware import Machine
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -293,7 +293,7 @@ def plan_for_file(
     n_ctx: int | None = None,
 ) -> Plan:
     """The plan for one GGUF file, its shape read from the real header (GGUFError if unreadable)."""
-    from huozi_local.core.gguf_file import read_gguf
+    from huozi_local.core.gguf.header import read_gguf
 
     gguf = read_gguf(Path(path_or_gguf)) if isinstance(path_or_gguf, (str, Path)) else path_or_gguf
     shape = ModelShape.from_gguf(gguf)
@@ -328,7 +328,7 @@ def plan_for_settings(
     negative n_gpu_layers means every layer. What was asked is still evaluated, so the plan
     always shows the memory that configuration needs.
     """
-    from huozi_local.core.gguf_file import read_gguf
+    from huozi_local.core.gguf.header import read_gguf
 
     gguf = read_gguf(Path(path))
     layers = n_gpu_layers if n_gpu_layers is not None else settings.n_gpu_layers

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huozi_local.core.chat_types import ChatMessage, Role, normalize_role
+from huozi_local.core.chat.types import ChatMessage, Role, normalize_role
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.migrations import apply_migrations
+from huozi_local.core.store.migrations import apply_migrations
 
 
 @dataclass(frozen=True)

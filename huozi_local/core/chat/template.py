@@ -3,7 +3,7 @@
 A prompt is not one string. Special tokens (`<|beginofutterance|>`) belong to the template; the
 content of a message belongs to the user, and the same characters typed by a user must stay plain
 text. So a prompt is rendered into a list of segments, and the engine tokenizes each kind its own
-way (`core/tokenize_safe.py`):
+way (`core/chat/safe_tokenizer.py`):
 
 - `Special`: one token id, never spelled out as text;
 - `TemplateText`: the template's own text, where special-token strings are parsed;
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huozi_local.core import huozi
-from huozi_local.core.chat_types import ChatMessage, Role
+from huozi_local.core.chat.types import ChatMessage, Role
 from huozi_local.core.errors import HuoziError
 
 HUOZI_ROLES: dict[Role, str] = {

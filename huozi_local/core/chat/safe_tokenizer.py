@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from huozi_local.core.template import RawText, Segment, Special, TemplateText
+from huozi_local.core.chat.template import RawText, Segment, Special, TemplateText
 
 TokenizeFn = Callable[[bytes, bool], list[int]]  # (utf-8 text, parse_special) -> ids, no BOS
 

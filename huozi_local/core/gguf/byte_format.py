@@ -1,6 +1,6 @@
 """The GGUF container format at the byte level: value types, tensor types, a bounds-checked reader.
 
-Shared by the header parser (gguf_file) and the writer the repair uses (gguf_rewrite), so both
+Shared by the header parser (gguf.header) and the writer the repair uses (gguf.rewrite), so both
 agree on every encoding. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 """
 

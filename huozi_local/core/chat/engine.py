@@ -25,25 +25,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huozi_local.core import huozi
-from huozi_local.core.chat_types import (
-    ChatMessage,
-    ContextTrimmed,
-    ReplyEvent,
-    SamplingOptions,
-)
-from huozi_local.core.context_window import fit_to_context
-from huozi_local.core.decode_loop import decode_reply
-from huozi_local.core.errors import HuoziError
-from huozi_local.core.gguf_file import GGUFFile
-from huozi_local.core.model_loader import check_model_file, load_llama
-from huozi_local.core.progress import ProgressCallback
-from huozi_local.core.template import (
+from huozi_local.core.chat.context_window import fit_to_context
+from huozi_local.core.chat.decode_loop import decode_reply
+from huozi_local.core.chat.loader import check_model_file, load_llama
+from huozi_local.core.chat.safe_tokenizer import SafeTokenizer
+from huozi_local.core.chat.template import (
     Segment,
     huozi_segments,
     render_jinja_segments,
     with_system_prompt,
 )
-from huozi_local.core.tokenize_safe import SafeTokenizer
+from huozi_local.core.chat.types import (
+    ChatMessage,
+    ContextTrimmed,
+    ReplyEvent,
+    SamplingOptions,
+)
+from huozi_local.core.errors import HuoziError
+from huozi_local.core.gguf.header import GGUFFile
+from huozi_local.core.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huozi_local.core.errors import Cancelled, HuoziError
-from huozi_local.core.gguf_file import GGUFFile, read_gguf
+from huozi_local.core.gguf.header import GGUFFile, read_gguf
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress
 
 if TYPE_CHECKING:

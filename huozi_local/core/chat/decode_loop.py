@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from huozi_local.core.chat_types import (
+from huozi_local.core.chat.detokenize import StopText, Utf8Stream
+from huozi_local.core.chat.types import (
     ReplyEvent,
     ReplyResult,
     SamplingOptions,
     StopReason,
     TextDelta,
 )
-from huozi_local.core.detokenize import StopText, Utf8Stream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -11,18 +11,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huozi_local.core import hub
 from huozi_local.core.catalog import DEFAULT_FAMILY, ModelFamily, load_families
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.model_files import (
+from huozi_local.core.fetch import hub
+from huozi_local.core.fetch.model_folder import (
     family_model_path,
     partial_download_path,
     read_sidecar,
 )
 
 if TYPE_CHECKING:
-    from huozi_local.core.hardware import Machine
+    from huozi_local.core.planning.hardware import Machine
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _family_listing(
 def _fits_by_quant(family: ModelFamily, machine: Machine | None) -> dict[str, str]:
     if machine is None:
         return {}
-    from huozi_local.core.planner import rank_quants
+    from huozi_local.core.planning.planner import rank_quants
 
     try:
         options = rank_quants(family, machine)
@@ -75,7 +75,7 @@ def _fits_by_quant(family: ModelFamily, machine: Machine | None) -> dict[str, st
 
 def detect_machine_or_none() -> Machine | None:
     """The machine for the fits column; `models` still lists files when detection fails."""
-    from huozi_local.core.hardware import detect_machine
+    from huozi_local.core.planning.hardware import detect_machine
 
     try:
         return detect_machine()
@@ -93,7 +93,7 @@ def model_states(
     with_fits: bool = True,
 ) -> list[ModelState]:
     """Each family's quants (best first) with their state on disk, then any `hf:` downloads."""
-    from huozi_local.core.download_target import family_with_listing
+    from huozi_local.core.fetch.targets import family_with_listing
 
     if with_fits and machine is None:
         machine = detect_machine_or_none()

@@ -1,0 +1,4 @@
+"""What fits where: hardware probes, the llama.cpp build, the memory model and the planner.
+
+Reads GGUF headers but imports nothing of fetch or chat.
+"""

@@ -1,0 +1,1 @@
+"""Saved conversations in SQLite, with ordered schema migrations."""

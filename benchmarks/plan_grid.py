@@ -26,10 +26,13 @@ def main() -> None:
     parser.add_argument("--cuda-ram", type=int, default=64, help="RAM (GiB) of the CUDA rows")
     args = parser.parse_args()
     family = get_family(args.family)
-    header = "| machine | quant | n_gpu_layers | n_ctx | KV | GPU est. | RAM est. | verdict |"
+    header = (
+        "| machine | quant | n_gpu_layers | n_cpu_moe | n_ctx | KV | GPU est. | RAM est. "
+        "| CPU reads/token | verdict |"
+    )
     print(f"family: {family.name}")
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 10)
     for backend, vram, ram in GRID:
         if backend == "cuda":
             ram = args.cuda_ram
@@ -46,9 +49,10 @@ def main() -> None:
             else "does not fit"
         )
         print(
-            f"| {label} | {plan.quant} | {plan.n_gpu_layers}/{plan.n_layers + 1} | {plan.n_ctx} "
-            f"| {plan.kv_cache_type} | {format_bytes(plan.vram_bytes)} "
-            f"| {format_bytes(plan.ram_bytes)} | {verdict} |"
+            f"| {label} | {plan.quant} | {plan.n_gpu_layers}/{plan.n_layers + 1} "
+            f"| {plan.n_cpu_moe} | {plan.n_ctx} | {plan.kv_cache_type} "
+            f"| {format_bytes(plan.vram_bytes)} | {format_bytes(plan.ram_bytes)} "
+            f"| {plan.cpu_bytes_per_token / 1e9:.2f} GB | {verdict} |"
         )
 
 

@@ -115,7 +115,9 @@ def test_the_grid_choices_follow_the_rules() -> None:
     assert [p.fully_on_gpu for p in cuda] == [False] * 4 + [True] * 3
     assert cuda[4].quant == "q2_k"  # 24 GiB: q2_k fits entirely, q4_0 does not
     assert cuda[5].quant == "q4_0" and cuda[5].n_ctx == 32768
-    assert all(0 < p.n_gpu_layers < 33 for p in cuda[:4])
+    # 6-16 GiB: MoE placement, every layer on the GPU and the overflow experts in RAM
+    assert all(p.n_gpu_layers == 33 and 0 < p.n_cpu_moe < 32 for p in cuda[:4])
+    assert [p.n_cpu_moe for p in cuda[:4]] == sorted((p.n_cpu_moe for p in cuda[:4]), reverse=True)
     metal = [choose_plan(HUOZI3, m) for m in grid["metal"]]
     assert [p.fits for p in metal] == [False, True, True, True]
     assert metal[2].quant == "q4_0" and metal[2].fully_on_gpu

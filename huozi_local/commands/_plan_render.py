@@ -14,6 +14,8 @@ def plan_lines(plan: Plan) -> list[str]:
         f"verdict:      {verdict[plan.verdict]}",
         f"backend:      {plan.backend}",
         f"n_gpu_layers: {plan.n_gpu_layers} (of {plan.n_layers} layers + output)",
+        f"n_cpu_moe:    {plan.n_cpu_moe}"
+        + (f" (experts of layers 0-{plan.n_cpu_moe - 1} in RAM)" if plan.n_cpu_moe else ""),
         f"n_ctx:        {plan.n_ctx}",
         f"threads:      {plan.n_threads}",
         f"flash_attn:   {'on' if plan.flash_attn else 'off'}, KV cache {plan.kv_cache_type}",

@@ -124,6 +124,11 @@ def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
 SPLIT_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight$")
 MERGED_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
 LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+# The tensors llama.cpp's `--n-cpu-moe N` keeps in CPU memory (common.h LLM_FFN_EXPS_REGEX, searched
+# in `blk.N` names), plus the legacy per-expert tensors they become once repaired.
+EXPERT_TENSOR_RE = re.compile(
+    r"^blk\.(\d+)\.(ffn_(up|down|gate|gate_up)_(ch|)exps|ffn_(gate|up|down)\.\d+\.weight)"
+)
 
 
 class Cursor:

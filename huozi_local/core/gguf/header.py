@@ -20,6 +20,7 @@ from typing import Any
 from huozi_local.core.errors import GGUFError
 from huozi_local.core.gguf.byte_format import (
     DEFAULT_ALIGNMENT,
+    EXPERT_TENSOR_RE,
     GGUF_MAGIC,
     LAYER_RE,
     MERGED_EXPERT_RE,
@@ -225,6 +226,15 @@ class GGUFFile:
                 if index >= len(sizes):
                     sizes.extend([0] * (index + 1 - len(sizes)))
                 sizes[index] += tensor.n_bytes
+        return sizes
+
+    def layer_expert_bytes(self) -> list[int]:
+        """Bytes of each layer's MoE expert tensors (what `--n-cpu-moe` keeps in RAM)."""
+        sizes = [0] * self.n_layers
+        for tensor in self.tensors:
+            match = EXPERT_TENSOR_RE.match(tensor.name)
+            if match and int(match.group(1)) < len(sizes):
+                sizes[int(match.group(1))] += tensor.n_bytes
         return sizes
 
     def non_layer_bytes(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from huozi_local.core.planning.memory_model import (
     MiB,
     ModelShape,
     Placement,
+    cpu_bytes_per_token,
     estimate_memory,
 )
 
@@ -71,6 +72,12 @@ class Plan:
     fully_on_gpu: bool
     breakdown: MemoryEstimate
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    # The first n_cpu_moe layers keep their expert tensors (blk.N.ffn_(gate|up|down)_exps) in CPU
+    # memory while the rest of those layers is wherever n_gpu_layers puts it; 0 = none.
+    n_cpu_moe: int = 0
+    # Bytes the CPU reads from RAM per generated token (weights it holds: all of its attention and
+    # output, n_expert_used / n_expert of its experts; plus its KV cache): the cost of a split.
+    cpu_bytes_per_token: int = 0
 
     @property
     def verdict(self) -> str:
@@ -82,6 +89,12 @@ class Plan:
     @property
     def gpu_repeating_layers(self) -> int:
         return Placement.from_n_gpu_layers(self.n_gpu_layers, self.n_layers).gpu_layers
+
+    @property
+    def placement(self) -> Placement:
+        return Placement.from_n_gpu_layers(
+            self.n_gpu_layers, self.n_layers, n_cpu_moe=self.n_cpu_moe
+        )
 
     def load_kwargs(self) -> dict[str, Any]:
         """Exactly what LlamaEngine.load takes."""
@@ -100,6 +113,7 @@ class Plan:
             "backend": self.backend,
             "n_layers": self.n_layers,
             "n_gpu_layers": self.n_gpu_layers,
+            "n_cpu_moe": self.n_cpu_moe,
             "n_ctx": self.n_ctx,
             "n_threads": self.n_threads,
             "n_batch": self.n_batch,
@@ -111,6 +125,7 @@ class Plan:
             "ram_budget_bytes": self.ram_budget_bytes,
             "fits": self.fits,
             "fully_on_gpu": self.fully_on_gpu,
+            "cpu_bytes_per_token": self.cpu_bytes_per_token,
             "breakdown": {
                 "gpu": self.breakdown.gpu.to_dict(),
                 "cpu": self.breakdown.cpu.to_dict(),
@@ -123,12 +138,14 @@ class Plan:
         return replace(self, reasons=tuple(reasons))
 
 
-def plan_rank(plan: Plan) -> tuple[bool, bool, float, int, int]:
-    """Bigger is better: fits, all on the GPU, quant quality, layers on the GPU, context."""
+def plan_rank(plan: Plan) -> tuple[bool, bool, float, int, int, int]:
+    """Bigger is better: fits, all on the GPU, quant quality, fewer bytes the CPU reads per token,
+    layers on the GPU, context."""
     return (
         plan.fits,
         plan.fully_on_gpu,
         quant_rank(plan.quant or ""),
+        -plan.cpu_bytes_per_token,
         plan.n_gpu_layers,
         plan.n_ctx,
     )
@@ -145,6 +162,7 @@ def evaluate_plan(
     flash_attn: bool | None = None,
     kv_cache_type: str = "f16",
     n_batch: int = DEFAULT_BATCH,
+    n_cpu_moe: int = 0,
 ) -> Plan:
     """The memory and the verdict of one given configuration."""
     budget = memory_budget(machine)
@@ -153,7 +171,8 @@ def evaluate_plan(
     use_flash = machine.build.supports_flash_attn if flash_attn is None else flash_attn
     if kv_cache_type != "f16" and not use_flash:
         kv_cache_type = "f16"  # llama.cpp refuses a quantized V cache without flash attention
-    placement = Placement.from_n_gpu_layers(ngl, shape.n_layers)
+    moe = 0 if backend == "cpu" or not shape.is_moe else max(0, min(n_cpu_moe, shape.n_layers))
+    placement = Placement.from_n_gpu_layers(ngl, shape.n_layers, n_cpu_moe=moe)
     estimate = estimate_memory(
         shape,
         placement,
@@ -182,4 +201,8 @@ def evaluate_plan(
         fits=fits,
         fully_on_gpu=backend != "cpu" and placement.is_full(shape.n_layers),
         breakdown=estimate,
+        n_cpu_moe=moe,
+        cpu_bytes_per_token=cpu_bytes_per_token(
+            shape, placement if backend != "cpu" else Placement(0, False)
+        ),
     )

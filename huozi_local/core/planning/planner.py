@@ -17,6 +17,7 @@ re-exported here, the names other modules import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,46 +76,134 @@ def best_plan_for_shape(
     max_ctx: int = DEFAULT_MAX_CTX,
     n_gpu_layers: int | None = None,
     n_ctx: int | None = None,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
-    """The most layers on the GPU at the base context, then the largest context at those layers.
+    """The placement that leaves the CPU the fewest bytes to read per token at the base context,
+    then the largest context at that placement.
 
-    A fixed `n_gpu_layers` or `n_ctx` is kept as given and only the other is chosen.
+    Two kinds of placement compete (`choose_placement`); a fixed `n_gpu_layers`, `n_cpu_moe` or
+    `n_ctx` is kept as given and only the rest is chosen.
     """
     steps = [n_ctx] if n_ctx is not None else _context_steps(shape, max_ctx)
 
-    def evaluate(ngl: int, ctx: int, kv: str = "f16") -> Plan:
+    def evaluate(ngl: int, moe: int, ctx: int, kv: str = "f16") -> Plan:
         return evaluate_plan(
-            shape, machine, n_gpu_layers=ngl, n_ctx=ctx, quant=quant, model=model, kv_cache_type=kv
+            shape,
+            machine,
+            n_gpu_layers=ngl,
+            n_ctx=ctx,
+            quant=quant,
+            model=model,
+            kv_cache_type=kv,
+            n_cpu_moe=moe,
         )
 
-    if n_gpu_layers is not None:
-        layers = n_gpu_layers
-    elif machine.planning_backend == "cpu":
-        layers = 0
-    else:
-        layers = 0
-        for ngl in range(shape.n_layers + 1, -1, -1):
-            if evaluate(ngl, steps[0]).fits:
-                layers = ngl
-                break
-    plan = evaluate(layers, steps[0])
+    plan = choose_placement(
+        shape, machine, lambda ngl, moe: evaluate(ngl, moe, steps[0]), n_gpu_layers, n_cpu_moe
+    )
     if not plan.fits:
         return plan
+    why_placement = plan.reasons
     for ctx in steps[1:]:
-        grown = evaluate(layers, ctx)
+        grown = evaluate(plan.n_gpu_layers, plan.n_cpu_moe, ctx)
         if not grown.fits and plan.flash_attn:
-            grown = evaluate(layers, ctx, "q8_0")
+            grown = evaluate(plan.n_gpu_layers, plan.n_cpu_moe, ctx, "q8_0")
         if not grown.fits:
             break
-        plan = grown
+        plan = grown.with_reasons(list(why_placement))
     return plan
 
 
+def choose_placement(
+    shape: ModelShape,
+    machine: Machine,
+    evaluate: Callable[[int, int], Plan],
+    n_gpu_layers: int | None = None,
+    n_cpu_moe: int | None = None,
+) -> Plan:
+    """Whole-layer split against MoE placement: the one that fits with the fewest CPU bytes/token.
+
+    - Layer split (what llama.cpp's `-ngl` does alone): as many whole layers on the GPU as fit.
+    - MoE placement (llama.cpp's `--fit` and `--n-cpu-moe`): every layer's attention, norms,
+      router and KV cache and the output on the GPU; the expert tensors of the first N layers in
+      RAM, N as small as fits. Per token the CPU reads only n_expert_used/n_expert of those
+      experts, while a layer split leaves it whole layers' attention and KV to read.
+    A given `n_gpu_layers` or `n_cpu_moe` fixes that part: `n_gpu_layers` alone is a layer split
+    (n_cpu_moe 0) and `n_cpu_moe` alone takes as many layers as fit with those experts in RAM.
+    """
+    n = shape.n_layers
+    if machine.planning_backend == "cpu":
+        return evaluate(0, 0)
+    if n_gpu_layers is not None:
+        return evaluate(n_gpu_layers, n_cpu_moe or 0)
+    if n_cpu_moe is not None:
+        return _most_layers(n, lambda ngl: evaluate(ngl, n_cpu_moe))
+    layer_split = _most_layers(n, lambda ngl: evaluate(ngl, 0))
+    if not shape.is_moe or layer_split.fully_on_gpu:
+        return layer_split
+    moe_placement = next(
+        (p for p in (evaluate(n + 1, moe) for moe in range(1, n + 1)) if p.fits), None
+    )
+    if moe_placement is None:
+        if not layer_split.fits:
+            return layer_split
+        everything_else = evaluate(n + 1, n)
+        return layer_split.with_reasons(
+            [
+                "placement: whole layers: MoE placement does not fit (every layer's attention "
+                f"and KV cache and the output alone need {format_bytes(everything_else.vram_bytes)}"
+                " of GPU memory)"
+            ]
+        )
+    if not layer_split.fits or moe_placement.cpu_bytes_per_token < layer_split.cpu_bytes_per_token:
+        return moe_placement.with_reasons([_moe_reason(moe_placement, layer_split)])
+    return layer_split.with_reasons(
+        [
+            f"placement: whole layers: the CPU reads {_gb(layer_split.cpu_bytes_per_token)} per "
+            f"token, MoE placement (experts of {moe_placement.n_cpu_moe} layers in RAM) would "
+            f"read {_gb(moe_placement.cpu_bytes_per_token)}"
+        ]
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _moe_reason(moe: Plan, layer_split: Plan) -> str:
+    line = (
+        f"placement: MoE: every layer's attention, KV cache and router and the output on the "
+        f"GPU, the experts of the first {moe.n_cpu_moe} layers in RAM (n_cpu_moe "
+        f"{moe.n_cpu_moe}): per token the CPU reads {_gb(moe.cpu_bytes_per_token)} (only the "
+        "experts the token uses)"
+    )
+    if layer_split.fits:
+        line += (
+            f", against {_gb(layer_split.cpu_bytes_per_token)} with the best whole-layer split "
+            f"({layer_split.gpu_repeating_layers} layers on the GPU)"
+        )
+    return line
+
+
+def _most_layers(n_layers: int, evaluate: Callable[[int], Plan]) -> Plan:
+    for ngl in range(n_layers + 1, -1, -1):
+        plan = evaluate(ngl)
+        if plan.fits:
+            return plan
+    return evaluate(0)
+
+
 def _explain(plan: Plan, machine: Machine, *, why_quant: str, shape: ModelShape) -> Plan:
-    lines = [_backend_line(plan, machine), why_quant]
+    lines = [_backend_line(plan, machine), why_quant, *plan.reasons]
     repeating = plan.gpu_repeating_layers
     if plan.backend == "cpu":
         lines.append("n_gpu_layers: 0: everything runs on the CPU from RAM (weights mmap'd)")
+    elif plan.n_cpu_moe:
+        lines.append(
+            f"n_gpu_layers: {plan.n_gpu_layers}, n_cpu_moe: {plan.n_cpu_moe}: {repeating} of "
+            f"{plan.n_layers} layers and the output on the GPU, the experts of layers 0-"
+            f"{plan.n_cpu_moe - 1} in RAM (GPU budget {format_bytes(plan.vram_budget_bytes)})"
+        )
     elif plan.fully_on_gpu:
         lines.append(
             f"n_gpu_layers: {plan.n_gpu_layers}: all {plan.n_layers} layers and the output "

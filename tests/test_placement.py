@@ -1,0 +1,128 @@
+"""MoE-aware placement: the experts of the first N layers in RAM, everything else on the GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from huozi_local.cli import main
+from huozi_local.core.catalog import get_family
+from huozi_local.core.gguf.header import read_gguf
+from huozi_local.core.planning.hardware import GiB, Machine
+from huozi_local.core.planning.memory_model import (
+    ModelShape,
+    Placement,
+    cpu_bytes_per_token,
+    device_breakdown,
+    kv_cache_bytes,
+)
+from huozi_local.core.planning.planner import best_plan_for_shape, evaluate_plan
+from huozi_local.testing.tiny_model import TinyModels
+
+HUOZI3 = get_family("huozi3")
+Q4_0 = ModelShape.from_manifest(HUOZI3, HUOZI3.quant("q4_0"))
+
+
+def test_the_header_counts_each_layers_expert_tensors(tiny_models: TinyModels) -> None:
+    gguf = read_gguf(tiny_models.get("merged", "f32"))
+    experts = gguf.layer_expert_bytes()
+    # 3 matrices (gate, up, down) of 8 experts x n_embd x n_ff in f32 per layer
+    assert experts == [3 * 8 * 256 * 512 * 4] * gguf.n_layers
+    assert all(e < layer for e, layer in zip(experts, gguf.layer_bytes(), strict=True))
+    shape = ModelShape.from_gguf(gguf)
+    assert shape.is_moe and shape.layer_expert_bytes == tuple(experts)
+
+
+def test_manifest_shapes_know_the_experts() -> None:
+    # Mixtral q4_0: the experts are ~97% of a layer (3 x 8 x 4096 x 14336 weights)
+    assert Q4_0.is_moe
+    share = Q4_0.expert_bytes(0) / Q4_0.layer_bytes[0]
+    assert 0.95 < share < 0.99
+
+
+def test_device_breakdown_moves_exactly_the_held_back_experts() -> None:
+    everything = device_breakdown(Q4_0, n_gpu_layers=33, n_cpu_moe=0, n_ctx=2048)
+    assert everything.weights == sum(Q4_0.layer_bytes) + Q4_0.output_bytes
+    assert everything.kv == kv_cache_bytes(Q4_0, 2048, 32)
+    assert everything.overhead == 0  # an RPC device: only what llama.cpp allocates
+    for n_cpu_moe in (1, 10, 32):
+        held = device_breakdown(Q4_0, n_gpu_layers=33, n_cpu_moe=n_cpu_moe, n_ctx=2048)
+        moved = sum(Q4_0.expert_bytes(i) for i in range(n_cpu_moe))
+        assert held.weights == everything.weights - moved
+        assert held.kv == everything.kv  # attention and its KV cache stay on the device
+    # With 17 layers offloaded (layers 16-31 and the output), n_cpu_moe 20 takes the experts of
+    # layers 16-19 off the device; those of layers 0-15 were never on it.
+    split = device_breakdown(Q4_0, n_gpu_layers=17, n_cpu_moe=0, n_ctx=2048)
+    both = device_breakdown(Q4_0, n_gpu_layers=17, n_cpu_moe=20, n_ctx=2048)
+    assert split.weights - both.weights == sum(Q4_0.expert_bytes(i) for i in range(16, 20))
+    assert device_breakdown(Q4_0, n_gpu_layers=0, n_cpu_moe=5, n_ctx=2048).total == 0
+
+
+def test_cpu_bytes_per_token_counts_only_the_experts_a_token_uses() -> None:
+    n = Q4_0.n_layers
+    full = Placement.from_n_gpu_layers(n + 1, n)
+    assert cpu_bytes_per_token(Q4_0, full) == 0
+    one = Placement.from_n_gpu_layers(n + 1, n, n_cpu_moe=1)
+    assert cpu_bytes_per_token(Q4_0, one) == round(Q4_0.expert_bytes(0) * 2 / 8)
+    # a whole layer on the CPU also costs its attention and its KV cache
+    layer = Placement.from_n_gpu_layers(n, n)
+    attention = Q4_0.layer_bytes[0] - Q4_0.expert_bytes(0)
+    assert cpu_bytes_per_token(Q4_0, layer) == round(
+        attention + Q4_0.expert_bytes(0) * 2 / 8 + kv_cache_bytes(Q4_0, 2048, 1)
+    )
+
+
+def test_12_gib_puts_every_layer_on_the_gpu_and_overflow_experts_in_ram(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["plan", "--model", "huozi3:q4_0", "--backend", "cuda", "--vram", "12GiB"]
+    assert main([*argv, "--ram", "64GiB", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fits"] and data["n_gpu_layers"] == 33 and 0 < data["n_cpu_moe"] < 32
+    assert data["breakdown"]["gpu"]["total"] == data["vram_bytes"] <= data["vram_budget_bytes"]
+    why = [r for r in data["reasons"] if r.startswith("placement: MoE")]
+    assert len(why) == 1 and f"n_cpu_moe {data['n_cpu_moe']}" in why[0]
+    assert "whole-layer split" in why[0]
+    # the choice is the cheaper one: the best whole-layer split reads more from RAM per token
+    machine = Machine.synthetic("cuda", 12 * GiB, 64 * GiB)
+    split = best_plan_for_shape(Q4_0, machine, n_cpu_moe=0)
+    assert split.fits and split.n_gpu_layers < 33
+    assert data["cpu_bytes_per_token"] < split.cpu_bytes_per_token
+    # one fewer expert layer in RAM would not fit
+    tighter = evaluate_plan(
+        Q4_0, machine, n_gpu_layers=33, n_ctx=2048, n_cpu_moe=data["n_cpu_moe"] - 1
+    )
+    assert not tighter.fits
+    assert main([*argv, "--ram", "64GiB"]) == 0
+    text = capsys.readouterr().out
+    assert f"n_cpu_moe:    {data['n_cpu_moe']} (experts of layers 0-" in text
+
+
+def test_a_layer_split_wins_when_it_reads_less() -> None:
+    # 24 GiB holds 29 whole layers of q4_0: the 3 left read less than MoE placement's experts
+    plan = best_plan_for_shape(Q4_0, Machine.synthetic("cuda", 24 * GiB, 64 * GiB))
+    assert plan.fits and plan.n_cpu_moe == 0 and 0 < plan.n_gpu_layers < 33
+    assert any(r.startswith("placement: whole layers: the CPU reads") for r in plan.reasons)
+
+
+def test_dense_models_and_cpu_machines_never_hold_experts_back() -> None:
+    dense = ModelShape(
+        name="dense",
+        n_layers=4,
+        layer_bytes=(100 * 2**20,) * 4,
+        non_layer_bytes={"token_embd.weight": 2**20, "output.weight": 2**20},
+        n_embd=256,
+        n_head=8,
+        n_head_kv=2,
+        head_dim=32,
+        n_vocab=1000,
+        n_ff=512,
+        n_expert=0,
+        n_expert_used=0,
+        context_length=4096,
+    )
+    gpu = Machine.synthetic("cuda", 2 * GiB, 8 * GiB)
+    assert evaluate_plan(dense, gpu, n_gpu_layers=5, n_ctx=2048, n_cpu_moe=3).n_cpu_moe == 0
+    cpu = Machine.synthetic("cpu", 0, 64 * GiB)
+    assert evaluate_plan(Q4_0, cpu, n_gpu_layers=33, n_ctx=2048, n_cpu_moe=3).n_cpu_moe == 0

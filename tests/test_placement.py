@@ -126,3 +126,38 @@ def test_dense_models_and_cpu_machines_never_hold_experts_back() -> None:
     assert evaluate_plan(dense, gpu, n_gpu_layers=5, n_ctx=2048, n_cpu_moe=3).n_cpu_moe == 0
     cpu = Machine.synthetic("cpu", 0, 64 * GiB)
     assert evaluate_plan(Q4_0, cpu, n_gpu_layers=33, n_ctx=2048, n_cpu_moe=3).n_cpu_moe == 0
+
+
+def test_cpu_moe_forces_n_cpu_moe(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "huozi3:q4_0", "--vram", "16GiB", "--ram", "64GiB", "--json"]
+    assert main([*argv, "--cpu-moe", "30"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    # the experts of 30 layers in RAM leave room for every layer's attention
+    assert (data["n_cpu_moe"], data["n_gpu_layers"]) == (30, 33)
+    assert any(r.startswith("placement: as asked (n_cpu_moe 30)") for r in data["reasons"])
+    assert main([*argv, "--cpu-moe", "0", "--gpu-layers", "10"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["n_cpu_moe"], data["n_gpu_layers"]) == (0, 10)
+
+
+@pytest.mark.parametrize("command", ["plan", "ask", "chat", "tui", "serve"])
+def test_a_negative_cpu_moe_is_one_line(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = ["hello"] if command == "ask" else []
+    assert main([command, *extra, "--cpu-moe", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--cpu-moe must be 0 or more" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cpu_moe_setting_is_used_unless_the_command_line_says_otherwise(
+    tiny_models: TinyModels,
+) -> None:
+    from huozi_local.core.config import Settings
+    from huozi_local.core.planning.planner import plan_for_settings
+
+    path = tiny_models.get("merged", "f32")
+    machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
+    assert plan_for_settings(path, machine, Settings()).n_cpu_moe == 0  # everything fits
+    saved = Settings(cpu_moe=3)
+    assert plan_for_settings(path, machine, saved).n_cpu_moe == 3
+    assert plan_for_settings(path, machine, saved, n_cpu_moe=1).n_cpu_moe == 1
+    assert plan_for_settings(path, machine, saved).n_gpu_layers == 5  # all 4 layers + output

@@ -1,4 +1,5 @@
-"""Shared by `ask` and `chat`: the --model/--ctx/--gpu-layers options and loading the engine.
+"""Shared by `ask`, `chat` and `serve`: the --model/--ctx/--gpu-layers/--cpu-moe options and
+loading the engine.
 
 Load settings come from the planner (core/planner.py: the GPU layers, context and threads that fit
 this machine); `--ctx` and `--gpu-layers`, then the user's settings, override its choices.
@@ -25,19 +26,49 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu-layers", type=int, help="layers to offload to the GPU (default: planned; -1: all)"
     )
+    add_cpu_moe_option(parser)
     parser.add_argument("--max-tokens", type=int, help="longest reply in tokens")
     parser.add_argument("--temp", type=float, help="sampling temperature (default 0.2)")
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
 
 
+def add_cpu_moe_option(parser: argparse.ArgumentParser) -> None:
+    """`--cpu-moe N` (plan, ask, chat, tui, serve): force llama.cpp's --n-cpu-moe."""
+    parser.add_argument(
+        "--cpu-moe",
+        type=int,
+        metavar="N",
+        help="keep the MoE experts of the first N layers in RAM, the rest of them on the GPU "
+        "(default: planned; 0: none)",
+    )
+
+
+def check_cpu_moe(value: int | None) -> int | None:
+    from huozi_local.core.errors import HuoziError
+
+    if value is not None and value < 0:
+        raise HuoziError(f"--cpu-moe must be 0 or more, not {value}")
+    return value
+
+
 def _plan(
-    path: Any, settings: Settings, ctx: int | None, gpu_layers: int | None
+    path: Any,
+    settings: Settings,
+    ctx: int | None,
+    gpu_layers: int | None,
+    cpu_moe: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(load kwargs, plan as a JSON-able dict); --ctx and --gpu-layers win over the settings."""
+    """(load kwargs, plan as a JSON-able dict); --ctx, --gpu-layers and --cpu-moe win over the
+    settings."""
     from huozi_local.core.planning import hardware, planner
 
     plan = planner.plan_for_settings(
-        path, hardware.detect_machine(), settings, n_ctx=ctx, n_gpu_layers=gpu_layers
+        path,
+        hardware.detect_machine(),
+        settings,
+        n_ctx=ctx,
+        n_gpu_layers=gpu_layers,
+        n_cpu_moe=cpu_moe,
     )
     if not plan.fits:
         print(
@@ -55,12 +86,13 @@ def load_engine(args: argparse.Namespace) -> tuple[LlamaEngine, dict[str, Any], 
     from huozi_local.core.errors import HuoziError
     from huozi_local.core.fetch.model_folder import resolve_local_model
 
+    cpu_moe = check_cpu_moe(getattr(args, "cpu_moe", None))
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
     resolved = resolve_local_model(args.model, paths, settings.model)
     if args.ctx is not None and args.ctx < 64:
         raise HuoziError(f"--ctx must be at least 64, got {args.ctx}")
-    kwargs, plan = _plan(resolved.path, settings, args.ctx, args.gpu_layers)
+    kwargs, plan = _plan(resolved.path, settings, args.ctx, args.gpu_layers, cpu_moe)
     system = args.system if args.system is not None else settings.system_prompt
     progress = _progress_printer(resolved.display_name) if sys.stderr.isatty() else None
     try:

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from huozi_local.commands._engine_load import add_cpu_moe_option, check_cpu_moe
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -27,6 +29,7 @@ def register(subparsers: Any) -> None:
         help="chat with an OpenAI-compatible server instead of a local model",
     )
     parser.add_argument("--api-key", help="API key for --endpoint")
+    add_cpu_moe_option(parser)
     parser.set_defaults(handler=run_app)
 
 
@@ -34,8 +37,11 @@ def run_app(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths, Settings
     from huozi_local.core.store.conversations import ConversationStore
 
+    cpu_moe = check_cpu_moe(getattr(args, "cpu_moe", None))
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
+    if cpu_moe is not None:
+        settings.cpu_moe = cpu_moe  # like --model: this run's choice, kept if settings are saved
     store = ConversationStore.open(paths.database_file)
     try:
         app = _build(args, paths, settings, store)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from huozi_local.commands._engine_load import add_cpu_moe_option, check_cpu_moe
+
 if TYPE_CHECKING:
     from huozi_local.core.planning.hardware import Machine
 
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="evaluate this n_gpu_layers instead of choosing",
     )
+    add_cpu_moe_option(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)
 
@@ -50,9 +53,15 @@ def run_plan(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "gpu_layers" else 1):
             raise HuoziError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    cpu_moe = check_cpu_moe(args.cpu_moe)
     machine = _machine(args)
     plan = plan_for_spec(
-        args.model, machine, max_ctx=args.max_ctx, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers
+        args.model,
+        machine,
+        max_ctx=args.max_ctx,
+        n_ctx=args.ctx,
+        n_gpu_layers=args.gpu_layers,
+        n_cpu_moe=cpu_moe,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), ensure_ascii=False, indent=2))

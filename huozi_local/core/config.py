@@ -73,6 +73,7 @@ class Settings:
     max_context: int = 32768
     n_ctx: int = 0
     n_gpu_layers: int = -1
+    cpu_moe: int = -1  # MoE: layers whose experts stay in RAM; -1 = planned, 0 = none
     seed: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
 

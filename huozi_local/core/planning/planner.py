@@ -135,9 +135,16 @@ def choose_placement(
     if machine.planning_backend == "cpu":
         return evaluate(0, 0)
     if n_gpu_layers is not None:
-        return evaluate(n_gpu_layers, n_cpu_moe or 0)
-    if n_cpu_moe is not None:
-        return _most_layers(n, lambda ngl: evaluate(ngl, n_cpu_moe))
+        plan = evaluate(n_gpu_layers, n_cpu_moe or 0)
+    elif n_cpu_moe is not None:
+        plan = _most_layers(n, lambda ngl: evaluate(ngl, n_cpu_moe))
+    if n_gpu_layers is not None or n_cpu_moe is not None:
+        return plan.with_reasons(
+            [
+                f"placement: as asked (n_cpu_moe {plan.n_cpu_moe}): per token the CPU reads "
+                f"{_gb(plan.cpu_bytes_per_token)}"
+            ]
+        )
     layer_split = _most_layers(n, lambda ngl: evaluate(ngl, 0))
     if not shape.is_moe or layer_split.fully_on_gpu:
         return layer_split
@@ -322,6 +329,7 @@ def choose_plan(
     max_ctx: int = DEFAULT_MAX_CTX,
     quant: str | None = None,
     n_ctx: int | None = None,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """The family's best plan on this machine (over its quants, or for one quant)."""
     quants = [family.quant(quant)] if quant else family.by_quality()
@@ -335,6 +343,7 @@ def choose_plan(
             model=f"{family.name}:{q.quant}",
             max_ctx=max_ctx,
             n_ctx=n_ctx,
+            n_cpu_moe=n_cpu_moe,
         )
         candidates.append((plan, shape))
     if not candidates:
@@ -380,6 +389,7 @@ def plan_for_file(
     max_ctx: int = DEFAULT_MAX_CTX,
     n_gpu_layers: int | None = None,
     n_ctx: int | None = None,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """The plan for one GGUF file, its shape read from the real header (GGUFError if unreadable)."""
     from huozi_local.core.gguf.header import read_gguf
@@ -397,8 +407,9 @@ def plan_for_file(
         max_ctx=max_ctx,
         n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
+        n_cpu_moe=n_cpu_moe,
     )
-    asked = n_gpu_layers is not None
+    asked = n_gpu_layers is not None or n_cpu_moe is not None
     why = f"quant: {quant or 'unknown'} (the file's own)" + (", layers as asked" if asked else "")
     return _explain(plan, machine, why_quant=why, shape=shape)
 
@@ -410,11 +421,12 @@ def plan_for_settings(
     *,
     n_ctx: int | None = None,
     n_gpu_layers: int | None = None,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """The plan every front end loads with: explicit values, then the settings, then the planner.
 
-    In the settings n_ctx 0 and n_gpu_layers -1 mean "let the planner choose"; an explicit
-    negative n_gpu_layers means every layer. What was asked is still evaluated, so the plan
+    In the settings n_ctx 0, n_gpu_layers -1 and cpu_moe -1 mean "let the planner choose"; an
+    explicit negative n_gpu_layers means every layer. What was asked is still evaluated, so the plan
     always shows the memory that configuration needs.
     """
     from huozi_local.core.gguf.header import read_gguf
@@ -425,17 +437,26 @@ def plan_for_settings(
         layers_asked: int | None = None
     else:
         layers_asked = gguf.n_layers + 1 if layers < 0 else layers
+    if n_cpu_moe is None and settings.cpu_moe >= 0:
+        n_cpu_moe = settings.cpu_moe
     return plan_for_file(
         gguf,
         machine,
         max_ctx=settings.max_context,
         n_gpu_layers=layers_asked,
         n_ctx=n_ctx if n_ctx is not None else (settings.n_ctx or None),
+        n_cpu_moe=n_cpu_moe,
     )
 
 
 def evaluate_family_plan(
-    family: ModelFamily, quant: str, machine: Machine, *, n_gpu_layers: int, n_ctx: int
+    family: ModelFamily,
+    quant: str,
+    machine: Machine,
+    *,
+    n_gpu_layers: int,
+    n_ctx: int,
+    n_cpu_moe: int = 0,
 ) -> Plan:
     """One given configuration of a family's quant, explained (for `plan --gpu-layers`)."""
     q = family.quant(quant)
@@ -447,6 +468,7 @@ def evaluate_family_plan(
         n_ctx=n_ctx,
         quant=q.quant,
         model=f"{family.name}:{q.quant}",
+        n_cpu_moe=n_cpu_moe,
     )
     return _explain(plan, machine, why_quant=f"quant: {q.quant} (as asked)", shape=shape)
 
@@ -458,6 +480,7 @@ def plan_for_spec(
     max_ctx: int = DEFAULT_MAX_CTX,
     n_ctx: int | None = None,
     n_gpu_layers: int | None = None,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """`--model` as the user wrote it: FAMILY, FAMILY:QUANT or a path to a GGUF file."""
     from huozi_local.core.catalog import get_family, parse_model_spec
@@ -468,14 +491,23 @@ def plan_for_spec(
         if not spec.path.is_file():
             raise HuoziError(f"no such model file: {spec.path}")
         return plan_for_file(
-            spec.path, machine, max_ctx=max_ctx, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx
+            spec.path,
+            machine,
+            max_ctx=max_ctx,
+            n_gpu_layers=n_gpu_layers,
+            n_ctx=n_ctx,
+            n_cpu_moe=n_cpu_moe,
         )
     if spec.kind != "family" or spec.family is None:
         raise HuoziError(f"plan takes a family or a local .gguf file, not '{text}'")
     family = get_family(spec.family)
     if n_gpu_layers is None:
-        return choose_plan(family, machine, max_ctx=max_ctx, quant=spec.quant, n_ctx=n_ctx)
+        return choose_plan(
+            family, machine, max_ctx=max_ctx, quant=spec.quant, n_ctx=n_ctx, n_cpu_moe=n_cpu_moe
+        )
     quant = spec.quant or choose_plan(family, machine, max_ctx=max_ctx).quant
     assert quant is not None
     ctx = n_ctx if n_ctx is not None else family.sampling.n_ctx
-    return evaluate_family_plan(family, quant, machine, n_gpu_layers=n_gpu_layers, n_ctx=ctx)
+    return evaluate_family_plan(
+        family, quant, machine, n_gpu_layers=n_gpu_layers, n_ctx=ctx, n_cpu_moe=n_cpu_moe or 0
+    )

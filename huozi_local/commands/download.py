@@ -23,7 +23,12 @@ def register(subparsers: Any) -> None:
         default="huozi3",
         help="FAMILY[:QUANT] (huozi3, huozi3:q2_k, huozi3.5:q4_k_m) or hf:OWNER/REPO/FILE.gguf",
     )
-    parser.add_argument("--source", choices=("hf", "modelscope"), default="hf")
+    parser.add_argument(
+        "--source",
+        choices=("hf", "mirror", "modelscope"),
+        help="where to download from (default: the source chosen in setup, else hf); mirror is "
+        "$HF_ENDPOINT or https://hf-mirror.com",
+    )
     parser.add_argument(
         "--offline",
         action="store_true",
@@ -50,6 +55,7 @@ def run_download(args: argparse.Namespace) -> int:
     from huozi_local.core.fetch.download import DownloadResult, download_model
 
     paths = Paths.from_env()
+    source, endpoint = _source_and_endpoint(args, paths)
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -60,8 +66,8 @@ def run_download(args: argparse.Namespace) -> int:
                 outcome["result"] = download_model(
                     args.model,
                     paths,
-                    source=args.source,
-                    endpoint=args.endpoint,
+                    source=source,
+                    endpoint=endpoint,
                     offline=args.offline,
                     keep_original=args.keep_original,
                     progress=bar.update,
@@ -87,6 +93,19 @@ def run_download(args: argparse.Namespace) -> int:
     result: DownloadResult = outcome["result"]
     _report(result)
     return 0
+
+
+def _source_and_endpoint(args: argparse.Namespace, paths: Any) -> tuple[str, str | None]:
+    """--source/--endpoint win; otherwise the source saved by the app's setup or settings."""
+    from huozi_local.core.config import Settings
+    from huozi_local.core.fetch.sources import download_args
+
+    settings = Settings.load(paths.config_file)
+    if args.source is None:
+        source, endpoint = download_args(settings.download_source, settings.mirror_endpoint)
+    else:
+        source, endpoint = download_args(args.source, settings.mirror_endpoint)
+    return source, args.endpoint or endpoint
 
 
 def _report(result: Any) -> None:

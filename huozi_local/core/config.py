@@ -75,6 +75,10 @@ class Settings:
     n_gpu_layers: int = -1
     cpu_moe: int = -1  # MoE: layers whose experts stay in RAM; -1 = planned, 0 = none
     seed: int = -1
+    download_source: str = ""
+    """Where models download from: "hf", "mirror" or "modelscope"; "" until setup has probed."""
+    mirror_endpoint: str = ""
+    """The Hugging Face mirror for `download_source = "mirror"` ("" is hf-mirror.com)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

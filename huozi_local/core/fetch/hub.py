@@ -131,11 +131,21 @@ def fetch_hf_listing(
 
 
 def network_failure_message(base: str, exc: BaseException) -> str:
-    reason = _root_reason(exc)
+    reason = network_reason(exc)
     return f"cannot reach {base} ({reason}): check the network, or {MIRROR_HINT}"
 
 
-def _root_reason(exc: BaseException) -> str:
+NAME_LOOKUP_FAILURES = (
+    "name or service",
+    "nodename",
+    "getaddrinfo",
+    "name resolution",
+    "no address associated",
+)
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (the innermost cause decides)."""
     seen: BaseException | None = exc
     text = ""
     while seen is not None:
@@ -144,7 +154,7 @@ def _root_reason(exc: BaseException) -> str:
     lowered = text.lower()
     if "refused" in lowered:
         return "connection refused"
-    if "name or service" in lowered or "nodename" in lowered or "getaddrinfo" in lowered:
+    if any(word in lowered for word in NAME_LOOKUP_FAILURES):
         return "host name not found"
     if "timed out" in lowered or "timeout" in lowered:
         return "timed out"

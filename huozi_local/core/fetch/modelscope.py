@@ -26,10 +26,11 @@ from typing import Any
 
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.fetch.hub import RemoteFile, RepoListing, save_listing
+from huozi_local.core.fetch.hub import NAME_LOOKUP_FAILURES, RemoteFile, RepoListing, save_listing
 
+INSTALL_COMMAND = "pipx inject huozi-local modelscope"
 INSTALL_HINT = (
-    "--source modelscope needs the modelscope package: run `pipx inject huozi-local modelscope` "
+    f"--source modelscope needs the modelscope package: run `{INSTALL_COMMAND}` "
     "(or `pip install 'huozi-local[modelscope]'`)"
 )
 UPGRADE_HINT = (
@@ -172,7 +173,7 @@ def _reason(exc: BaseException) -> str:
     lowered = " ".join(texts).lower()
     if "refused" in lowered:
         return "connection refused"
-    if "name or service" in lowered or "nodename" in lowered or "getaddrinfo" in lowered:
+    if any(word in lowered for word in NAME_LOOKUP_FAILURES):
         return "host name not found"
     if "timed out" in lowered or "timeout" in lowered:
         return "timed out"

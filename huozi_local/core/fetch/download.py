@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from huozi_local.core.catalog import ModelSpec, parse_model_spec
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError, NotEnoughDisk
 from huozi_local.core.fetch import hub
+from huozi_local.core.fetch.disk_space import disk_need, free_bytes
 from huozi_local.core.fetch.model_folder import (
     original_copy_path,
     partial_download_path,
@@ -51,10 +51,7 @@ class DownloadResult:
 
 def free_disk_bytes(folder: Path) -> int:
     """Free bytes on the disk that holds `folder` (tests replace this probe)."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    return free_bytes(folder)
 
 
 def download_model(
@@ -167,13 +164,14 @@ def _check_disk(target: DownloadTarget, part: Path) -> None:
     if target.size is None:
         return
     have = part.stat().st_size if part.exists() else 0
-    need = max(0, target.size - have) + (target.size if target.legacy_expected else 0)
-    free = free_disk_bytes(part.parent)
-    if need > free:
+    need = disk_need(
+        target.size, legacy=target.legacy_expected, have=have, free=free_disk_bytes(part.parent)
+    )
+    if not need.fits:
         repair = " plus its repaired copy" if target.legacy_expected else ""
         raise NotEnoughDisk(
-            f"not enough disk space for {target.spec}: needs {format_bytes(need)} "
-            f"({format_bytes(target.size)}{repair}), {format_bytes(free)} free in "
+            f"not enough disk space for {target.spec}: needs {format_bytes(need.peak_bytes)} "
+            f"({format_bytes(target.size)}{repair}), {format_bytes(need.free_bytes)} free in "
             f"{_existing(part.parent)}; free some space or set HUOZI_MODELS_DIR to a bigger disk"
         )
 

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chat",
     "ask",
     "download",
+    "import_model",
     "models",
     "doctor",
     "plan",

@@ -17,6 +17,7 @@ from huozi_local.core.errors import HuoziError
 from huozi_local.core.fetch import hub
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
+    imported_models,
     partial_download_path,
     read_sidecar,
 )
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelState:
-    """One downloadable file. `state`: missing | partial | verified | repaired | unverified
-    (a file placed by hand, without the sidecar a verified download writes)."""
+    """One downloadable file. `state`: missing | partial | verified | repaired | imported (by
+    `huozi-local import`, not matched to a published sha256) | unverified (a file placed by
+    hand, without the sidecar a verified download writes)."""
 
     family: str
     quant: str
@@ -122,6 +124,7 @@ def model_states(
                 )
             )  # fmt: skip
     states.extend(_hf_downloads(paths))
+    states.extend(_imported_files(paths))
     return states
 
 
@@ -129,7 +132,7 @@ def _state_of(final: Path, parts: list[Path | None]) -> tuple[str, int, str | No
     if final.exists():
         sidecar = read_sidecar(final)
         state = sidecar.get("state")
-        if state in ("verified", "repaired"):
+        if state in ("verified", "repaired", "imported"):
             return str(state), final.stat().st_size, sidecar.get("sha256")
         return "unverified", final.stat().st_size, None
     for part in parts:
@@ -151,6 +154,23 @@ def _hf_downloads(paths: Paths) -> list[ModelState]:
                 state=str(state or "unverified"), path=model,
                 spec=f"hf:{repo_id}/{model.name}", repo_id=repo_id,
                 downloaded_bytes=model.stat().st_size, sha256=sidecar.get("sha256"),
+            )
+        )  # fmt: skip
+    return found
+
+
+def _imported_files(paths: Paths) -> list[ModelState]:
+    """Files `huozi-local import` kept under their own name (no family quant matched them)."""
+    found: list[ModelState] = []
+    for model in imported_models(paths):
+        sidecar = read_sidecar(model)
+        size = model.stat().st_size
+        found.append(
+            ModelState(
+                family="imported", quant=str(sidecar.get("quant") or ""), filename=model.name,
+                size_bytes=size, state=str(sidecar.get("state") or "unverified"), path=model,
+                spec=str(model), repo_id="", downloaded_bytes=size,
+                sha256=sidecar.get("sha256"),
             )
         )  # fmt: skip
     return found

@@ -5,6 +5,7 @@ Layout under `Paths.models_dir` (the one contract the downloader, engine, TUI an
     <family>/<family>-<quant>.gguf        ready to load (already repaired when it had to be)
     <family>/<family>-<quant>.gguf.json   sidecar: source repo/file, sha256, state, provenance
     hf/<owner>--<repo>/<file>.gguf        any other GGUF fetched with an `hf:` spec (+ sidecar)
+    imported/<file>.gguf                  a file `huozi-local import` could not name a family quant
     .downloads/<source>/<owner>--<repo>/<file>.part   a download in progress (resumable)
     originals/<owner>--<repo>/<file>      a legacy original kept by `download --keep-original`
 
@@ -37,6 +38,17 @@ def family_model_path(paths: Paths, family: str, quant: str) -> Path:
 
 def hf_model_path(paths: Paths, repo_id: str, filename: str) -> Path:
     return paths.models_dir / "hf" / repo_id.replace("/", "--") / filename
+
+
+def imported_model_path(paths: Paths, filename: str) -> Path:
+    """Where `import` puts a GGUF that is not a known family quant (it keeps its own name)."""
+    return paths.models_dir / "imported" / filename
+
+
+def imported_models(paths: Paths) -> list[Path]:
+    """Files under imported/, newest first (the default when no family model is installed)."""
+    found = list((paths.models_dir / "imported").glob("*.gguf"))
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def downloads_dir(paths: Paths, source: str, repo_id: str) -> Path:
@@ -121,8 +133,13 @@ def resolve_local_model(text: str | None, paths: Paths, default: str = "") -> Re
         installed = installed_models(paths)
         preferred = [m for m in installed if m.family == DEFAULT_FAMILY] or installed
         if not preferred:
+            imported = imported_models(paths)
+            if imported:
+                path = imported[0]
+                return ResolvedModel(path, ModelSpec("path", path=path), None, None)
             raise HuoziError(
-                "no model downloaded yet: run `huozi-local download` (or pass --model PATH)"
+                "no model downloaded yet: run `huozi-local download`, or `huozi-local import "
+                "FILE` for a .gguf you already have (or pass --model PATH)"
             )
         best = preferred[0]
         spec = ModelSpec("family", family=best.family, quant=best.quant)

@@ -1,0 +1,90 @@
+"""`huozi-local import PATH [--move]`: adopt a GGUF file already on this disk as a model.
+
+For people who cannot reach the hub but already have the file. Afterwards `models` lists it and
+`ask`, `chat`, `serve` and the app use it without `--model` (it becomes the default model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "import",
+        help="use a .gguf file you already have (repaired into the models folder if needed)",
+        description=(
+            "Adopt a GGUF file already on this disk: its header is checked, the model "
+            "identified (the official huozi files by sha256), a February-2024 file repaired "
+            "into the models folder; a file that loads as it is gets linked (same disk) or "
+            "copied. Your file is never changed. It becomes the default model."
+        ),
+    )
+    parser.add_argument("path", help="the .gguf file")
+    parser.add_argument(
+        "--move",
+        action="store_true",
+        help="move the file into the models folder instead of leaving it where it is",
+    )
+    parser.set_defaults(handler=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from huozi_local.commands._progress_bar import ProgressBar
+    from huozi_local.core.config import Paths, Settings
+    from huozi_local.core.errors import Cancelled
+    from huozi_local.core.fetch.adopt import ImportResult, import_model
+
+    paths = Paths.from_env()
+    settings = Settings.load(paths.config_file)  # a malformed config fails before any work
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    with ProgressBar(sys.stderr) as bar:
+
+        def work() -> None:
+            try:
+                outcome["result"] = import_model(
+                    args.path, paths, move=args.move, progress=bar.update, cancel=cancel
+                )
+            except BaseException as exc:  # handed to the main thread, which reports it
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="huozi-import", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+    error = outcome.get("error")
+    if isinstance(error, Cancelled) or (error is None and cancel.is_set()):
+        print("huozi-local: import cancelled: nothing was added, your file is unchanged",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    if error is not None:
+        raise error
+    result: ImportResult = outcome["result"]
+    settings.model = result.spec
+    settings.save(paths.config_file)
+    _report(result)
+    return 0
+
+
+def _report(result: Any) -> None:
+    print(f"identified: {result.identity.spec or 'not a known huozi quant'} "
+          f"({result.identity.how})")  # fmt: skip
+    if result.method == "already imported":
+        print(f"already imported: {result.path}")
+    elif result.method == "repaired":
+        print("repaired for today's llama.cpp: " + "; ".join(result.changes[:-1]))
+    else:
+        print(f"{result.method} into the models folder")
+    if result.source_removed:
+        print("the original file was moved (it is no longer where it was)")
+    print(f"default model is now {result.spec}: `huozi-local chat` and the app use it")
+    print(result.path)

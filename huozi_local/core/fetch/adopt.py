@@ -1,0 +1,384 @@
+"""Adopt a GGUF file the user already has (a browser download, ModelScope, a USB stick) into the
+models folder, so every command and the app find it without `--model`.
+
+Many people cannot reach the hub but already hold `huozi3-q4_0.gguf`. Importing it reads the
+header (a non-GGUF, truncated or missing file is one line), identifies it (the family from the
+huozi vocabulary, the quant from the file type; the manifest's sha256 confirms an official file,
+computed during the repair's single read, or taken from the provenance a repair records), and
+then puts a loadable file where `model_folder` says that model lives:
+
+- a legacy split-expert file (or a huozi file missing the turn-ending metadata) is repaired
+  into the folder; the user's file is only read;
+- a file that loads as it is gets hard-linked when it is on the same file system (instant, no
+  second 27 GB), else copied; `move=True` moves it instead (a rename on the same file system).
+
+Everything is written under a staging name in `models/.imports/` and renamed into place only
+once complete (sidecar first), so Ctrl-C or a crash never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.catalog import ModelFamily, get_family, load_families
+from huozi_local.core.config import Paths
+from huozi_local.core.errors import HuoziError, NotEnoughDisk
+from huozi_local.core.fetch.model_folder import (
+    family_model_path,
+    imported_model_path,
+    read_sidecar,
+    write_sidecar,
+)
+from huozi_local.core.fetch.transfer import format_bytes
+from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
+from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
+
+COPY_BLOCK = 8 << 20
+STAGING_DIR = ".imports"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a file is, and how we know. `official`: its sha256 is the manifest's."""
+
+    family: str | None
+    quant: str | None
+    how: str
+    official: bool = False
+
+    @property
+    def spec(self) -> str | None:
+        if self.family and self.quant:
+            return f"{self.family}:{self.quant}"
+        return None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: Path
+    spec: str
+    """What `--model` (and the settings) call it from now on: FAMILY:QUANT or the file's path."""
+    identity: Identity
+    method: str  # "linked" | "copied" | "moved" | "repaired" | "already imported"
+    sha256: str | None = None
+    changes: list[str] = field(default_factory=list)
+    source_removed: bool = False
+
+
+def import_model(
+    src: str | Path,
+    paths: Paths,
+    *,
+    move: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ImportResult:
+    """Make `src` a model of this installation. Progress stages: 'repair' or 'copy'.
+
+    Raises HuoziError (one line) for a file that is not a usable model, Cancelled when `cancel`
+    is set (nothing half-written is left behind).
+    """
+    source = Path(src).expanduser()
+    gguf = read_gguf(source)  # missing, not GGUF, truncated: GGUFError, one line
+    if gguf.architecture not in KNOWN_ARCHITECTURES:
+        raise HuoziError(
+            f"{source}: architecture '{gguf.architecture}' is not one huozi-local can run"
+        )
+    identity = identify(gguf)
+    origin = _Origin(str(source.resolve()), source.stat())  # before a move takes it away
+    needs_repair = _needs_repair(gguf)
+    final = destination(paths, source, identity)
+    earlier = _earlier_import(source, final)
+    if earlier is not None:
+        return ImportResult(final, _spec_for(identity, final), earlier, "already imported")
+    staging = paths.models_dir / STAGING_DIR / final.name
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(staging)
+    method = ""
+    try:
+        if needs_repair:
+            sha, changes = _repair(gguf, staging, progress, cancel)
+            identity = _confirm(identity, sha)
+            method = "repaired"
+        else:
+            sha = gguf.get(_provenance_key())
+            changes = []
+            method = _place(source, staging, move, progress, cancel)
+        sidecar = _sidecar(origin, identity, method, sha, changes, gguf)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        write_sidecar(final, sidecar)
+        os.replace(staging, final)
+    except BaseException:
+        if method == "moved" and staging.exists() and not source.exists():
+            staging.rename(source)  # a failed move puts the user's file back
+        _remove_stale(staging)
+        raise
+    removed = method == "moved"
+    if move and method != "moved":
+        source.unlink()  # the loadable copy is in place: "move" leaves nothing behind
+        removed = True
+    return ImportResult(final, _spec_for(identity, final), identity, method, sha, changes, removed)
+
+
+# -- identification --------------------------------------------------------------------------------
+def identify(gguf: GGUFFile) -> Identity:
+    """The family from the vocabulary, the quant from the file type; the hash comes later."""
+    quant = quant_of(gguf)
+    if not gguf.is_huozi:
+        return Identity(None, quant, f"header: {gguf.architecture}, {quant or 'unknown quant'}")
+    family = _family_for(gguf)
+    recorded = gguf.get(_provenance_key())
+    manifest_sha = _manifest_sha(family, quant)
+    if recorded and manifest_sha and recorded == manifest_sha:
+        return Identity(
+            family.name,
+            quant,
+            f"the sha256 its repair recorded is the official {family.name} {quant}",
+            official=True,
+        )
+    return Identity(family.name, quant, f"header: huozi vocabulary, {quant or 'unknown'} weights")
+
+
+def quant_of(gguf: GGUFFile) -> str | None:
+    """`q4_0`, `q2_k`, ... from general.file_type (llama.cpp's LLAMA_FTYPE numbering)."""
+    file_type = gguf.get("general.file_type")
+    if file_type is None:
+        return None
+    try:
+        import gguf as gguf_py
+
+        name = gguf_py.LlamaFileType(int(file_type)).name.lower()
+    except (ValueError, ImportError):
+        return None
+    return str(name).removeprefix("mostly_").removeprefix("all_")
+
+
+def _family_for(gguf: GGUFFile) -> ModelFamily:
+    """huozi 3.5 only exists as community builds that say so in their name; else huozi 3.0."""
+    text = f"{gguf.get('general.name', '')} {gguf.path.name}".lower()
+    families = load_families()
+    if "3.5" in text and "huozi3.5" in families:
+        return families["huozi3.5"]
+    return get_family("huozi3")
+
+
+def _manifest_sha(family: ModelFamily, quant: str | None) -> str | None:
+    return next((q.sha256 for q in family.quants if q.quant == quant and q.sha256), None)
+
+
+def _known_sha(identity: Identity) -> str | None:
+    if identity.family is None:
+        return None
+    return _manifest_sha(get_family(identity.family), identity.quant)
+
+
+def _confirm(identity: Identity, sha: str) -> Identity:
+    """After the one read of the file: is it the official file the manifest names?"""
+    expected = _known_sha(identity)
+    if expected is None:
+        return identity
+    if sha == expected:
+        return Identity(
+            identity.family,
+            identity.quant,
+            f"sha256 matches the official {identity.family} {identity.quant}",
+            official=True,
+        )
+    return Identity(
+        identity.family,
+        identity.quant,
+        f"{identity.how}; its sha256 is not the official file's ({sha[:12]}…)",
+    )
+
+
+def _provenance_key() -> str:
+    from huozi_local.core.gguf.repair import SOURCE_SHA256_KEY
+
+    return SOURCE_SHA256_KEY
+
+
+# -- where it goes ---------------------------------------------------------------------------------
+def destination(paths: Paths, source: Path, identity: Identity) -> Path:
+    """A known family quant takes its usual name; anything else keeps its own under imported/."""
+    if identity.family and identity.quant:
+        family = get_family(identity.family)
+        if any(q.quant == identity.quant for q in family.quants):
+            return family_model_path(paths, family.name, identity.quant)
+    return imported_model_path(paths, source.name)
+
+
+def _spec_for(identity: Identity, final: Path) -> str:
+    if identity.spec and final.parent.name == identity.family:
+        return identity.spec
+    return str(final)
+
+
+def _earlier_import(source: Path, final: Path) -> Identity | None:
+    """The identity recorded when this very file (same path, size, mtime) was imported before,
+    or the file already in place is the source itself (linked or moved)."""
+    if not final.exists():
+        return None
+    record = read_sidecar(final)
+    try:
+        same = source.samefile(final)
+        stat = source.stat()
+    except OSError:
+        return None
+    unchanged = (
+        record.get("imported_from") == str(source.resolve())
+        and record.get("source_size") == stat.st_size
+        and record.get("source_mtime_ns") == stat.st_mtime_ns
+    )
+    if not (same or unchanged) or record.get("source") != "import":
+        return None
+    return Identity(
+        record.get("family"),
+        record.get("quant"),
+        str(record.get("identified_by", "")),
+        record.get("state") in ("verified", "repaired"),
+    )
+
+
+def _needs_repair(gguf: GGUFFile) -> bool:
+    from huozi_local.core.gguf.repair import repair_plan
+
+    return gguf.layout == "legacy-split" or (gguf.is_huozi and bool(repair_plan(gguf)))
+
+
+def _remove_stale(staging: Path) -> None:
+    for leftover in (staging, staging.with_name(staging.name + ".partial")):
+        with contextlib.suppress(OSError):
+            leftover.unlink(missing_ok=True)
+
+
+# -- the bytes -------------------------------------------------------------------------------------
+def _repair(
+    gguf: GGUFFile,
+    staging: Path,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> tuple[str, list[str]]:
+    """Repair into staging; the source sha256 is hashed during the same read (no second pass)."""
+    from huozi_local.core.gguf.repair import repair_gguf
+
+    result = repair_gguf(gguf.path, staging, progress=progress, cancel=cancel)
+    if result.output is None:  # pragma: no cover - _needs_repair said there was work
+        raise HuoziError(f"{gguf.path}: nothing to repair")
+    _sync(staging)
+    return result.source_sha256, list(result.changes)
+
+
+def _place(
+    source: Path,
+    staging: Path,
+    move: bool,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> str:
+    """Rename (move) or hard-link on the same file system, else copy; returns which."""
+    if move:
+        try:
+            source.rename(staging)
+            return "moved"
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise HuoziError(f"cannot move {source}: {exc.strerror or exc}") from exc
+    else:
+        try:
+            os.link(source, staging)
+            return "linked"
+        except OSError:
+            pass  # another file system, or one without hard links: copy
+    copy_file(source, staging, progress, cancel)
+    return "copied"
+
+
+def copy_file(
+    source: Path,
+    target: Path,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Copy through a `.partial` name with progress and cancel; the target appears complete."""
+    size = source.stat().st_size
+    free = _free_bytes(target.parent)
+    if free < size:
+        raise NotEnoughDisk(
+            f"not enough disk space to copy {source.name}: needs {format_bytes(size)}, "
+            f"{format_bytes(free)} free in {target.parent}; free some space, or put the file on "
+            "the same disk as the models folder so it can be linked instead of copied"
+        )
+    partial = target.with_name(target.name + ".partial")
+    reporter = ThrottledProgress(progress, "copy", size)
+    reporter.update(0, force=True)
+    try:
+        with open(source, "rb") as reader, open(partial, "wb") as writer:
+            while block := reader.read(COPY_BLOCK):
+                writer.write(block)
+                reporter.advance(len(block))
+                check_cancel(cancel, "import")
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    reporter.update(size, force=True)
+
+
+def _free_bytes(folder: Path) -> int:
+    from huozi_local.core.fetch.download import free_disk_bytes
+
+    return free_disk_bytes(folder)
+
+
+def _sync(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    path: str
+    stat: os.stat_result
+
+
+def _sidecar(
+    origin: _Origin,
+    identity: Identity,
+    method: str,
+    sha: Any,
+    changes: list[str],
+    gguf: GGUFFile,
+) -> dict[str, Any]:
+    """What `models` and a later `download` read: an official file counts as verified."""
+    if identity.official:
+        state = "repaired" if method == "repaired" else "verified"
+    else:
+        state = "imported"
+    return {
+        "source": "import",
+        "imported_from": origin.path,
+        "source_size": origin.stat.st_size,
+        "source_mtime_ns": origin.stat.st_mtime_ns,
+        "imported_at": time.time(),
+        "method": method,
+        "identified_by": identity.how,
+        "family": identity.family,
+        "quant": identity.quant,
+        "sha256": sha if isinstance(sha, str) and sha else None,
+        "size": gguf.file_size,
+        "state": state,
+        "changes": changes,
+    }

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from huozi_local import __version__
 
@@ -30,15 +31,48 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input gets one line and exit status 2, not argparse's usage block plus an error.
+
+    An unknown first word (`huozi-local FILE.gguf`, a typo) names the commands there are.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"huozi-local: {_explain(self, message)}\n")
+
+
+def _explain(parser: argparse.ArgumentParser, message: str) -> str:
+    if "invalid choice" not in message or parser.prog != "huozi-local":
+        where = parser.prog.removeprefix("huozi-local").strip()
+        hint = f" (see `huozi-local {where} --help`)" if where else " (see `huozi-local --help`)"
+        return message + hint
+    word = message.split("'")[1] if message.count("'") >= 2 else message
+    commands = ", ".join(_command_names(parser))
+    text = f"unknown command '{word}' (commands: {commands})"
+    if word.endswith(".gguf") or "/" in word:
+        text += f"; to chat with a file: huozi-local --model {word}, or huozi-local import {word}"
+    return text
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from huozi_local.commands.app import add_app_options
+
+    parser = OneLineParser(
         prog="huozi-local",
         description=(
             "Run the huozi 3.0 chat model (HIT-SCIR, Mixtral-8x7B MoE) on this machine, offline. "
-            "With no command, opens the chat app."
+            "With no command, opens the chat app (the app's options below apply to it)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"huozi-local {__version__}")
+    add_app_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"huozi_local.commands.{name}")

@@ -20,17 +20,33 @@ def register(subparsers: Any) -> None:
             "Open the chat app. The first run sets up a model; later runs open the last model."
         ),
     )
+    add_app_options(parser, top_level=False)
+    parser.set_defaults(handler=run_app)
+
+
+def add_app_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The app's options, on `tui` and on the bare command (`huozi-local --model FILE`,
+    `huozi-local --cpu-moe 8`).
+
+    On `tui` they default to SUPPRESS: argparse copies a subcommand's defaults over the
+    top-level values, which would drop `huozi-local --model X tui`'s model otherwise.
+    """
+    default = None if top_level else argparse.SUPPRESS
     parser.add_argument(
-        "--model", metavar="M", help="model to chat with: huozi3, huozi3:q2_k, hf:..., or a path"
+        "--model",
+        metavar="M",
+        default=default,
+        help="model to chat with in the app: huozi3, huozi3:q2_k, hf:..., or a .gguf path",
     )
     parser.add_argument(
         "--endpoint",
         metavar="URL",
-        help="chat with an OpenAI-compatible server instead of a local model",
+        default=default,
+        help="chat in the app with an OpenAI-compatible server instead of a local model",
     )
-    parser.add_argument("--api-key", help="API key for --endpoint")
+    parser.add_argument("--api-key", default=default, help="API key for --endpoint")
     add_cpu_moe_option(parser)
-    parser.set_defaults(handler=run_app)
+    parser._option_string_actions["--cpu-moe"].default = default
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -76,6 +92,10 @@ def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> A
     if model:
         from huozi_local.core.fetch.model_folder import resolve_local_model
 
-        resolve_local_model(model, paths)  # one clear line now rather than a setup screen
+        resolved = resolve_local_model(model, paths)  # one clear line now, not a setup screen
+        if resolved.spec.kind == "path":
+            from huozi_local.core.gguf.header import read_gguf
+
+            read_gguf(resolved.path)  # not GGUF, truncated: one line before the app opens
         settings.model = model
     return create_app(settings=settings, paths=paths, store=store)

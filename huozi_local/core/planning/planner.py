@@ -57,7 +57,12 @@ DEFAULT_MAX_CTX = 32768
 
 
 def _context_steps(shape: ModelShape, max_ctx: int) -> list[int]:
-    ceiling = min(max_ctx, shape.context_length or DEFAULT_MAX_CTX)
+    """Context sizes to try, doubling from MIN_CTX up to the ceiling.
+
+    The ceiling is at least 1 whatever `max_ctx` says (settings are validated, but callers pass
+    their own): doubling a zero or negative step never passes it, and the loop would not end.
+    """
+    ceiling = max(1, min(max_ctx, shape.context_length or DEFAULT_MAX_CTX))
     base = min(MIN_CTX, ceiling)
     steps = [base]
     while steps[-1] * 2 <= ceiling:

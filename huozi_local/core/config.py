@@ -8,11 +8,12 @@ at import time; folders are made when something is first written.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from huozi_local.core.errors import HuoziError
 
@@ -60,9 +61,58 @@ class Paths:
         )
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """The values a numeric setting may take; `allowed` are extra values outside the range."""
+
+    low: float
+    high: float
+    low_exclusive: bool = False
+    allowed: tuple[int, ...] = ()
+
+    def admits(self, value: float) -> bool:
+        if value in self.allowed:
+            return True
+        above = value > self.low if self.low_exclusive else value >= self.low
+        return above and value <= self.high
+
+    def describe(self) -> str:
+        low = f"above {_shown(self.low)}" if self.low_exclusive else f"at least {_shown(self.low)}"
+        text = f"{low} and at most {_shown(self.high)}"
+        return " or ".join([*(str(v) for v in self.allowed), text])
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+MIN_CONTEXT = 64
+MAX_CONTEXT = 2**32 - 1  # llama.cpp keeps n_ctx in a uint32_t: anything larger wraps around
+
+# Every numeric setting has one range, checked on load and in the settings screen alike; a value
+# outside it (or NaN) would otherwise reach the planner or the sampler (a max_context of 0 made
+# the planner loop forever).
+BOUNDS: dict[str, _Bounds] = {
+    "temperature": _Bounds(0.0, 2.0),
+    "top_p": _Bounds(0.0, 1.0),
+    "repeat_penalty": _Bounds(0.0, 10.0, low_exclusive=True),
+    "max_tokens": _Bounds(1, MAX_CONTEXT),
+    "max_context": _Bounds(MIN_CONTEXT, MAX_CONTEXT),
+    "n_ctx": _Bounds(MIN_CONTEXT, MAX_CONTEXT, allowed=(0,)),
+    "n_gpu_layers": _Bounds(0, 10_000, allowed=(-1,)),
+    "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
+}
+
+
 @dataclass
 class Settings:
-    """User-adjustable settings, persisted as TOML. Unknown keys are kept out, not fatal."""
+    """User-adjustable settings, persisted as TOML.
+
+    Keys this version does not know are kept in `extra` and left in the file untouched, so a
+    config shared with a newer release survives a save. Every value is checked on load (type and
+    range, one line naming the key) because a bad one would otherwise fail much later, far from
+    its cause, or not at all (a zero `max_context` hung the planner).
+    """
 
     model: str = ""
     system_prompt: str = "你是一个智能助手"
@@ -94,40 +144,85 @@ class Settings:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise HuoziError(f"config {path} is not valid TOML: {exc}") from exc
-        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        known = _setting_fields()
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
                 extra[key] = value
                 continue
-            expected = type(getattr(cls(), key))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-                raise HuoziError(
-                    f"config {path}: '{key}' must be {expected.__name__}, got {value!r}"
-                )
-            values[key] = value
+            try:
+                values[key] = check_setting(key, value)
+            except HuoziError as exc:
+                raise HuoziError(f"config {path}: {exc}") from exc
         return cls(**values, extra=extra)
 
+    def validate(self) -> Settings:
+        """Check every value (the settings screen's edits, a caller's own Settings); returns
+        self, or raises HuoziError naming the first bad key."""
+        for name in _setting_fields():
+            check_setting(name, getattr(self, name))
+        return self
+
     def save(self, path: Path) -> None:
-        """Write atomically so a crash never leaves a half-written config."""
-        data = asdict(self)
-        extra = data.pop("extra")
-        lines = [f"{key} = {_toml_value(value)}" for key, value in {**data, **extra}.items()]
+        """Write through tomlkit, atomically: the user's comments, order and unknown keys stay,
+        and any string (a system prompt with `\\r` or an escape character) is quoted correctly."""
+        import tomlkit
+
+        self.validate()
+        document = _existing_document(path)
+        values = {name: getattr(self, name) for name in _setting_fields()}
+        for key, value in {**self.extra, **values}.items():
+            if key not in document or document[key] != value:
+                document[key] = value
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
         os.replace(tmp, path)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    raise HuoziError(f"cannot store {value!r} in the config")
+def _setting_fields() -> dict[str, type]:
+    """Each persisted setting and the type its default has (the type the file must hold)."""
+    types: dict[str, type] = {}
+    for item in fields(Settings):
+        if item.name == "extra":
+            continue
+        if item.default is not MISSING:
+            types[item.name] = type(item.default)
+        elif item.default_factory is not MISSING:
+            types[item.name] = type(item.default_factory())
+    return types
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """`value` as setting `name` holds it (an int where a float belongs becomes a float), or a
+    HuoziError saying, in one line, what the key must be."""
+    expected = _setting_fields()[name]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+        kinds: dict[type, str] = {dict: "a table", list: "a list"}
+        shown = kinds.get(type(value), repr(value))
+        raise HuoziError(
+            f"'{name}' must be {_TYPE_NAMES.get(expected, expected.__name__)}, got {shown}"
+        )
+    bounds = BOUNDS.get(name)
+    number = cast(float, value)  # an int or a float here; ints may be huge, so never float()
+    if bounds is not None and not (
+        (isinstance(number, int) or math.isfinite(number)) and bounds.admits(number)
+    ):
+        raise HuoziError(f"'{name}' must be {bounds.describe()}, got {value}")
+    return value
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _existing_document(path: Path) -> Any:
+    """The config file as tomlkit reads it (comments and all), or an empty document."""
+    import tomlkit
+
+    try:
+        return tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        return tomlkit.document()

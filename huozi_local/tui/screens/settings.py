@@ -14,10 +14,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from huozi_local.core.config import Paths, Settings
+from huozi_local.core.errors import HuoziError
 from huozi_local.tui.session import ModelInfo
 from huozi_local.tui.setup_plan import memory_estimate_text
 
@@ -88,12 +90,18 @@ class SettingsScreen(ModalScreen[Settings | None]):
             try:
                 values[name] = kind(raw)
             except ValueError:
-                self.query_one("#estimate", Static).update(f"{title}: '{raw}' is not a number")
+                message = f"{title}: '{raw}' is not a number"
+                self.query_one("#estimate", Static).update(Content(message))
                 return None
         model = self.query_one("#model", Select).value
         values["model"] = model if isinstance(model, str) else self.settings.model
         values["system_prompt"] = self.query_one("#system_prompt", TextArea).text
-        return replace(self.settings, **values)  # type: ignore[arg-type]
+        changed = replace(self.settings, **values)  # type: ignore[arg-type]
+        try:
+            return changed.validate()  # the same ranges config.toml is held to
+        except HuoziError as exc:
+            self.query_one("#estimate", Static).update(Content(str(exc)))
+            return None
 
     @on(Input.Changed)
     @on(Select.Changed)

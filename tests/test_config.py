@@ -26,6 +26,7 @@ BAD_VALUES = [
     ("max_tokens = 0", "max_tokens"),
     ("n_gpu_layers = -7", "n_gpu_layers"),
     ("seed = -2", "seed"),
+    ("cpu_moe = -3", "cpu_moe"),
     ("model = { name = 'huozi3' }", "model"),
     ("model = ['huozi3']", "model"),
     ("temperature = [0.2]", "temperature"),

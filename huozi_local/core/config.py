@@ -100,6 +100,7 @@ BOUNDS: dict[str, _Bounds] = {
     "max_context": _Bounds(MIN_CONTEXT, MAX_CONTEXT),
     "n_ctx": _Bounds(MIN_CONTEXT, MAX_CONTEXT, allowed=(0,)),
     "n_gpu_layers": _Bounds(0, 10_000, allowed=(-1,)),
+    "cpu_moe": _Bounds(0, 10_000, allowed=(-1,)),
     "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
 }
 

@@ -232,9 +232,10 @@ def parse_model_spec(text: str) -> ModelSpec:
     if not text:
         raise HuoziError("empty model name")
     if text.startswith("hf:"):
-        parts = text[3:].strip("/").split("/")
+        parts = text[3:].split("/")
         if len(parts) < 3 or not parts[-1].endswith(".gguf"):
             raise HuoziError(f"'{text}' is not hf:OWNER/REPO/FILE.gguf")
+        _check_hub_path_parts(text, parts)
         return ModelSpec("hf", repo_id="/".join(parts[:2]), filename="/".join(parts[2:]))
     looks_like_path = text.endswith(".gguf") or "/" in text or "\\" in text or text.startswith(".")
     if looks_like_path:
@@ -242,3 +243,17 @@ def parse_model_spec(text: str) -> ModelSpec:
     family, _, quant = text.partition(":")
     get_family(family)
     return ModelSpec("family", family=family, quant=quant.lower() or None)
+
+
+def _check_hub_path_parts(text: str, parts: list[str]) -> None:
+    """A hub spec names files under the models folder, so its parts must stay relative names.
+
+    `hf:a/b//tmp/x.gguf` (an empty part makes an absolute path) or `..` would otherwise let a
+    download, or a file it is looked up as, land outside the models folder.
+    """
+    for part in parts:
+        if part in ("", ".", "..") or "\\" in part or "\x00" in part or ":" in part:
+            shown = part or "an empty part"
+            raise HuoziError(
+                f"'{text}' is not hf:OWNER/REPO/FILE.gguf: {shown!s} is not allowed in a hub path"
+            )

@@ -37,7 +37,7 @@ def family_model_path(paths: Paths, family: str, quant: str) -> Path:
 
 
 def hf_model_path(paths: Paths, repo_id: str, filename: str) -> Path:
-    return paths.models_dir / "hf" / repo_id.replace("/", "--") / filename
+    return _under_models(paths, "hf", repo_id.replace("/", "--"), filename)
 
 
 def imported_model_path(paths: Paths, filename: str) -> Path:
@@ -53,17 +53,33 @@ def imported_models(paths: Paths) -> list[Path]:
 
 def downloads_dir(paths: Paths, source: str, repo_id: str) -> Path:
     """Where a download in progress lives: on the final file's disk, so finishing is a rename."""
-    return paths.models_dir / ".downloads" / source / repo_id.replace("/", "--")
+    return _under_models(paths, ".downloads", source, repo_id.replace("/", "--"))
 
 
 def partial_download_path(paths: Paths, source: str, repo_id: str, filename: str) -> Path:
     """The `.part` file a download appends to; it survives Ctrl-C and crashes, for resuming."""
-    return downloads_dir(paths, source, repo_id) / f"{filename}.part"
+    folder = (".downloads", source, repo_id.replace("/", "--"))
+    return _under_models(paths, *folder, f"{filename}.part")
 
 
 def original_copy_path(paths: Paths, repo_id: str, filename: str) -> Path:
     """Where `download --keep-original` leaves a legacy file after its repaired copy verified."""
-    return paths.models_dir / "originals" / repo_id.replace("/", "--") / filename
+    return _under_models(paths, "originals", repo_id.replace("/", "--"), filename)
+
+
+def _under_models(paths: Paths, *parts: str) -> Path:
+    """`models_dir / parts`, refused unless it resolves inside the models folder.
+
+    Names come from the user and from the hub (a spec, a repo listing): an absolute name or a
+    `..` joined onto a folder would point anywhere on the disk, and a download writes there.
+    """
+    root = paths.models_dir.expanduser()
+    path = root.joinpath(*parts)
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if resolved == resolved_root or not resolved.is_relative_to(resolved_root):
+        raise HuoziError(f"refusing {'/'.join(parts)}: it would lie outside {root}")
+    return path
 
 
 def sidecar_path(model_path: Path) -> Path:

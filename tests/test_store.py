@@ -162,3 +162,66 @@ def test_database_path_that_is_a_folder_is_one_clear_line(tmp_path: Path) -> Non
     folder.mkdir()
     with pytest.raises(HuoziError, match="is a folder"):
         ConversationStore.open(folder)
+
+
+def test_database_locked_by_another_process_is_retried_then_one_line(tmp_path: Path) -> None:
+    """Another program holding the write lock past every retry was an OperationalError
+    traceback; now it is a HuoziError naming the file, and the store works once it is free."""
+    path = tmp_path / "huozi.sqlite3"
+    store = ConversationStore.open(path, busy_timeout_s=0.05)
+    c = store.create_conversation()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "db.execute('BEGIN IMMEDIATE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"  # hold the lock until the test says so
+            "db.execute('ROLLBACK')\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(HuoziError) as caught:
+            store.add_message(c.id, "user", "锁住了")
+        message = str(caught.value)
+        assert "locked by another program" in message and str(path) in message
+        assert "\n" not in message
+        assert store.messages(c.id) == []  # reads still work in WAL mode; nothing half-written
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(60)
+    store.add_message(c.id, "user", "现在可以了")
+    assert [m.content for m in store.messages(c.id)] == ["现在可以了"]
+    store.close()
+
+
+@pytest.mark.parametrize("dropped", ["messages", "conversations"])
+def test_database_without_its_tables_is_moved_aside_like_a_corrupt_one(
+    tmp_path: Path, dropped: str
+) -> None:
+    """The migrations said done but a table was gone: every query failed with an
+    OperationalError traceback ('no such table')."""
+    path = tmp_path / "huozi.sqlite3"
+    ConversationStore.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA foreign_keys = OFF")
+    db.execute(f"DROP TABLE {dropped}")
+    db.commit()
+    db.close()
+
+    fresh = ConversationStore.open(path)
+    backups = tmp_path.glob("huozi.sqlite3.corrupt-*")
+    (backup,) = [p for p in backups if not p.name.endswith(("-wal", "-shm"))]
+    assert fresh.notice is not None and str(backup) in fresh.notice and dropped in fresh.notice
+    c = fresh.create_conversation()
+    fresh.add_message(c.id, "user", "新的开始")
+    assert len(fresh.list_conversations()) == 1
+    fresh.close()

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,14 @@ from typing import Any
 from huozi_local.core.chat.types import ChatMessage, Role, normalize_role
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.migrations import apply_migrations
+
+BUSY_TIMEOUT_S = 5.0
+BUSY_ATTEMPTS = 2
+REQUIRED_TABLES = frozenset({"conversations", "messages"})
+
+
+class DatabaseBusy(HuoziError):
+    """Another program held the database's write lock past every retry."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,16 @@ _CONVERSATION_COLUMNS = (
 class ConversationStore:
     """One database file; safe to call from the UI thread and worker threads alike."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, notice: str | None = None) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        notice: str | None = None,
+        *,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> None:
         self._db = db
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
         self.path = path
         self.notice = notice
@@ -66,8 +82,10 @@ class ConversationStore:
     # -- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path) -> ConversationStore:
-        """Open (or create) the database; an unreadable one is backed up and replaced."""
+    def open(cls, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> ConversationStore:
+        """Open (or create) the database; an unreadable one (or one without its tables) is
+        backed up and replaced. `busy_timeout_s`: how long one attempt waits for another
+        program's write lock."""
         if path.is_dir():
             raise HuoziError(f"conversation database {path} is a folder, not a file")
         try:
@@ -75,7 +93,7 @@ class ConversationStore:
         except OSError as exc:
             raise HuoziError(f"cannot create {path.parent}: {exc.strerror}") from exc
         try:
-            return cls(_connect(path), path)
+            return cls(_connect(path, busy_timeout_s), path, busy_timeout_s=busy_timeout_s)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
                 raise HuoziError(f"cannot open conversation database {path}: {exc}") from exc
@@ -85,7 +103,9 @@ class ConversationStore:
                 "and a new one was started"
             )
             try:
-                return cls(_connect(path), path, notice)
+                return cls(
+                    _connect(path, busy_timeout_s), path, notice, busy_timeout_s=busy_timeout_s
+                )
             except sqlite3.DatabaseError as again:
                 raise HuoziError(f"cannot create conversation database {path}: {again}") from again
 
@@ -95,18 +115,47 @@ class ConversationStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a lock held elsewhere or a read-only file is one HuoziError
+        line (the caller keeps its data: nothing half-written stays behind)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._begin()
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._failure("cannot write", exc) from exc
                 raise
-            self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retried: each attempt waits `busy_timeout_s` inside SQLite for
+        another program (another huozi-local, a DB browser) to release its write lock."""
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or attempt == BUSY_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(self._busy_timeout_s, 0.5))
+
+    def _failure(self, doing: str, exc: sqlite3.OperationalError) -> HuoziError:
+        if _is_busy(exc):
+            waited = BUSY_ATTEMPTS * self._busy_timeout_s
+            return DatabaseBusy(
+                f"the conversation database {self.path} is locked by another program "
+                f"(another huozi-local?) for over {waited:.0f} s: close it and try again"
+            )
+        return HuoziError(f"{doing} the conversation database {self.path}: {exc}")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return list(self._db.execute(sql, params).fetchall())
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.OperationalError as exc:
+                raise self._failure("cannot read", exc) from exc
 
     # -- conversations -----------------------------------------------------------------------
 
@@ -285,8 +334,10 @@ class ConversationStore:
         return json.dumps(document, ensure_ascii=False, indent=2)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+def _connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+    )
     try:
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA journal_mode = WAL")
@@ -295,10 +346,25 @@ def _connect(path: Path) -> sqlite3.Connection:
         if status != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {status}")
         apply_migrations(db)
+        _check_tables(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _check_tables(db: sqlite3.Connection) -> None:
+    """Migrations recorded as done but tables gone (dropped by hand, a foreign tool, a file
+    half-restored) fail on the first query: treat it like a corrupt file, set aside and fresh."""
+    found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = sorted(REQUIRED_TABLES - found)
+    if missing:
+        raise sqlite3.DatabaseError(f"the tables {', '.join(missing)} are missing")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

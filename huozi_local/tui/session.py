@@ -57,6 +57,9 @@ class ChatSession:
         self.model = model
         self.conversation_id: int | None = None
         self.last_stats = ReplyStats()
+        self.save_error: str | None = None
+        """Why the last reply could not be stored (locked or read-only database), if it could
+        not: the reply is still shown, and the screen tells the user once."""
 
     # -- which conversation ------------------------------------------------------------------
 
@@ -141,7 +144,11 @@ class ChatSession:
                     "model": event.model,
                 }
                 if event.text:
-                    self.store.add_message(conversation_id, "assistant", event.text, meta=meta)
+                    try:
+                        self.store.add_message(conversation_id, "assistant", event.text, meta=meta)
+                        self.save_error = None
+                    except HuoziError as exc:
+                        self.save_error = str(exc)
                 self.last_stats = _stats_from_meta(meta)
             yield event
 

@@ -251,3 +251,75 @@ async def test_export_notice_shows_a_bracketed_path_verbatim(
             lambda: any(str(target) in str(t.render()) for t in app.screen.query(Toast)),
             "a toast naming the exported file as it is",
         )
+
+
+class LockHolder:
+    """Another process holding the conversation database's write lock until released."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+        import sys
+
+        code = (
+            "import sqlite3, sys\n"
+            f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "db.execute('BEGIN IMMEDIATE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "db.execute('ROLLBACK')\n"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.close()
+        self.process.wait(60)
+
+
+@pytest.mark.slow
+async def test_locked_database_keeps_the_reply_on_screen_and_says_once_it_was_not_saved(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    """A reply whose store write failed vanished behind 'OperationalError: database is locked';
+    a message typed while the database was locked crashed the screen's handler."""
+    from huozi_local.core.store.conversations import ConversationStore
+    from huozi_local.tui.widgets.message_view import MessageView
+
+    paths = Paths.from_env()
+    store = ConversationStore.open(paths.database_file, busy_timeout_s=0.05)
+    chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, max_tokens=100_000)
+    choice = choice_for(tiny_models.get("merged", "q4_0", rig="loop"), "tiny", "q4_0", chosen)
+    app = create_app(
+        settings=chosen, store=store, backend=load_local_engine(choice), model_info=choice.info()
+    )
+    heard = Heard()
+    async with app.run_test(size=(110, 30), message_hook=heard) as pilot:
+        screen = _chat(app)
+        prompt = screen.query_one(ChatInput)
+        prompt.focus()
+        prompt.insert(QUESTION)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.stream_writes > 0, "the reply streaming")
+        holder = LockHolder(paths.database_file)  # the question is stored; the reply will not be
+        try:
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: screen.replies_finished == 1, "the stopped reply")
+            unsaved = [n for n in heard.notices if "not saved" in n]
+            assert len(unsaved) == 1 and "locked by another program" in unsaved[0]
+            shown = [str(v.text) for v in screen.query(MessageView) if v.role == "assistant"]
+            assert shown and RIG_TEXT[:2] in shown[-1]
+
+            prompt.insert("再来一次")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(heard.notices) > len(unsaved), "the refusal")
+            assert "locked by another program" in heard.notices[-1]
+            assert prompt.text == "再来一次"  # what was typed is kept for a retry
+            assert not screen.replying
+        finally:
+            holder.release()
+    store.close()

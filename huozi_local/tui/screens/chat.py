@@ -110,6 +110,7 @@ class ChatScreen(Screen[None]):
         self._draw_scheduled = False
         self.stream_writes = 0
         """How many appends the streamed reply took (the benchmark reports it)."""
+        self._told_save_error = False
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -168,7 +169,12 @@ class ChatScreen(Screen[None]):
             await self.open_conversation(self.session.conversation_id)
         else:
             new_conversation = self.session.conversation_id is None
-            self.session.add_user_message(text)
+            try:
+                self.session.add_user_message(text)
+            except HuoziError as exc:  # locked or read-only database: keep what was typed
+                event.chat_input.insert(text)
+                self.notify(str(exc), severity="error", timeout=10, markup=False)
+                return
             await self.message_log.mount(MessageView("user", text))
             if new_conversation:
                 await self.refresh_sidebar()
@@ -247,6 +253,10 @@ class ChatScreen(Screen[None]):
                 await live.remove()
         if message.error:
             self.notify(message.error, severity="error", timeout=8, markup=False)
+        if self.session.save_error and not self._told_save_error:
+            self._told_save_error = True  # once: a locked database fails every reply alike
+            note = f"replies are shown but not saved: {self.session.save_error}"
+            self.notify(note, severity="error", timeout=15, markup=False)
         elif result is not None and result.stop_reason == "length":
             self.notify("The reply reached the max tokens setting", timeout=4)
         self.refresh_status()

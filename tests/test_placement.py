@@ -99,11 +99,24 @@ def test_12_gib_puts_every_layer_on_the_gpu_and_overflow_experts_in_ram(
     assert f"n_cpu_moe:    {data['n_cpu_moe']} (experts of layers 0-" in text
 
 
-def test_a_layer_split_wins_when_it_reads_less() -> None:
-    # 24 GiB holds 29 whole layers of q4_0: the 3 left read less than MoE placement's experts
-    plan = best_plan_for_shape(Q4_0, Machine.synthetic("cuda", 24 * GiB, 64 * GiB))
-    assert plan.fits and plan.n_cpu_moe == 0 and 0 < plan.n_gpu_layers < 33
-    assert any(r.startswith("placement: whole layers: the CPU reads") for r in plan.reasons)
+@pytest.mark.parametrize("quant", ["q4_0", "q2_k"])
+def test_the_choice_is_the_fitting_placement_that_reads_least(quant: str) -> None:
+    shape = ModelShape.from_manifest(HUOZI3, HUOZI3.quant(quant))
+    n = shape.n_layers
+    for vram in range(4, 34, 3):
+        machine = Machine.synthetic("cuda", vram * GiB, 64 * GiB)
+        chosen = best_plan_for_shape(shape, machine, n_ctx=2048)
+
+        def at(ngl: int, moe: int, machine: Machine = machine) -> int | None:
+            plan = evaluate_plan(shape, machine, n_gpu_layers=ngl, n_ctx=2048, n_cpu_moe=moe)
+            return plan.cpu_bytes_per_token if plan.fits else None
+
+        splits = [at(ngl, 0) for ngl in range(n + 2)]
+        moe = [at(n + 1, k) for k in range(n + 1)]
+        least = min(c for c in splits + moe if c is not None)
+        assert chosen.fits and chosen.cpu_bytes_per_token == least
+        if chosen.fully_on_gpu:
+            assert chosen.n_cpu_moe == 0 and least == 0
 
 
 def test_dense_models_and_cpu_machines_never_hold_experts_back() -> None:

@@ -14,11 +14,8 @@ src/llama-kv-cache.cpp, ggml-alloc), not guesses:
   `blk.I.ffn_(gate|up|down)_exps` of layers I < N stay in CPU memory whatever n_gpu_layers says;
   the rest of those layers (attention, norms, router) and their KV cache stay on the GPU.
 - KV cache: per layer 2 x n_ctx x n_head_kv x head_dim x bytes(type), kept with its layer.
-- Compute buffers (ggml-alloc's peak over one ubatch of n_ubatch tokens): the attention scores
-  n_ctx x n_ubatch x n_head x 4 bytes (soft_max runs in place; flash attention never builds them),
-  the MoE up/gate activations 2 x n_ff x n_expert_used x n_ubatch x 4, the logits
-  n_vocab x n_ubatch x 4 on the device that holds the output layer, plus a few n_embd x n_ubatch
-  activations. Each backend holding part of the graph reserves its own peak.
+- Compute buffers: ggml-alloc's peak of one ubatch's graph on each backend, a formula from the
+  graph measured against llama.cpp's own allocations (compute_buffer.py).
 - A fixed per-backend overhead on the device (CUDA context, cuBLAS workspace and the CUDA memory
   pool's dequantization buffers; Metal's command buffers) and in the process (runtime, tokenizer).
 """
@@ -27,6 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from huozi_local.core.planning.compute_buffer import (
+    GraphPart,
+    compute_buffer_bytes,
+    op_offload_copy,
+)
 from huozi_local.core.planning.model_shape import (
     RECIPES,
     TYPE_BYTES_PER_WEIGHT,
@@ -46,7 +48,6 @@ __all__ = [
     "MiB",
     "ModelShape",
     "Placement",
-    "compute_buffer_bytes",
     "cpu_bytes_per_token",
     "device_breakdown",
     "estimate_memory",
@@ -146,36 +147,6 @@ def kv_cache_bytes(shape: ModelShape, n_ctx: int, layers: int, kv_type: str = "f
     return round(per_layer * layers)
 
 
-def compute_buffer_bytes(
-    shape: ModelShape,
-    n_ctx: int,
-    n_ubatch: int,
-    *,
-    flash_attn: bool,
-    has_layers: bool,
-    has_output: bool,
-    has_experts: bool | None = None,
-) -> int:
-    """ggml-alloc's peak for the part of the graph one backend runs."""
-    tokens = max(1, min(n_ubatch, n_ctx))
-    activation = shape.n_embd * tokens * 4
-    peak = 2 * activation  # inputs and embeddings (get_rows) live on every backend
-    experts = has_layers if has_experts is None else has_experts
-    if has_layers:
-        if flash_attn:
-            attention = n_ctx * tokens * 2 + 4 * activation  # the f16 mask; no score matrix
-        else:
-            # scores (soft_max in place) plus the f32 KQ mask
-            attention = n_ctx * tokens * (shape.n_head + 1) * 4 + 4 * activation
-        peak = max(peak, attention)
-    if experts:
-        ffn = 2 * shape.n_ff * max(shape.n_expert_used, 1) * tokens * 4 + 2 * activation
-        peak = max(peak, ffn)
-    if has_output:
-        peak = max(peak, shape.n_vocab * tokens * 4 + activation)
-    return peak
-
-
 def estimate_memory(
     shape: ModelShape,
     placement: Placement,
@@ -192,44 +163,50 @@ def estimate_memory(
     n = shape.n_layers
     first_gpu = placement.first_gpu_layer(n)
     gpu_layers = n - first_gpu
-    held_back = sum(
-        shape.expert_bytes(i) for i in range(first_gpu, n) if not placement.experts_on_gpu(i, n)
-    )
-    gpu_experts = any(placement.experts_on_gpu(i, n) for i in range(first_gpu, n))
-    gpu_layer_bytes = sum(shape.layer_bytes[first_gpu:]) - held_back
-    cpu_layer_bytes = sum(shape.layer_bytes[:first_gpu]) + held_back
+    gpu_expert_layers = [i for i in range(first_gpu, n) if placement.experts_on_gpu(i, n)]
+    held_back = [i for i in range(first_gpu, n) if not placement.experts_on_gpu(i, n)]
+    held_back_bytes = sum(shape.expert_bytes(i) for i in held_back)
+    gpu_layer_bytes = sum(shape.layer_bytes[first_gpu:]) - held_back_bytes
+    cpu_layer_bytes = sum(shape.layer_bytes[:first_gpu]) + held_back_bytes
     uses_gpu = gpu_layers > 0 or placement.output_on_gpu
+
+    def compute(part: GraphPart) -> int:
+        return compute_buffer_bytes(
+            shape, part, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn
+        )
+
     gpu = DeviceMemory()
     if uses_gpu:
+        copy = op_offload_copy(
+            shape, backend, n_ubatch, range(first_gpu), list(range(first_gpu)) + held_back
+        )
+        gpu_part = GraphPart(
+            attention_layers=gpu_layers,
+            expert_layers=len(gpu_expert_layers),
+            attention_after_ffn=len(gpu_expert_layers) >= 2,
+            output=placement.output_on_gpu,
+            host_weight_copy=copy if (first_gpu or held_back) else 0,
+        )
         gpu = DeviceMemory(
             weights=gpu_layer_bytes + (shape.output_bytes if placement.output_on_gpu else 0),
             kv=kv_cache_bytes(shape, n_ctx, gpu_layers, kv_type),
-            compute=compute_buffer_bytes(
-                shape,
-                n_ctx,
-                n_ubatch,
-                flash_attn=flash_attn,
-                has_layers=gpu_layers > 0,
-                has_output=placement.output_on_gpu,
-                has_experts=gpu_experts,
-            ),
+            compute=compute(gpu_part),
             overhead=BACKEND_DEVICE_OVERHEAD.get(backend, 0),
         )
+    cpu_part = GraphPart(
+        attention_layers=first_gpu,
+        expert_layers=first_gpu + len(held_back),
+        attention_after_ffn=first_gpu >= 1 and n >= 2,
+        output=not placement.output_on_gpu,
+        token_embd=True,
+    )
     cpu = DeviceMemory(
         weights=shape.token_embd_bytes
         + shape.other_bytes
         + cpu_layer_bytes
         + (0 if placement.output_on_gpu else shape.output_bytes),
-        kv=kv_cache_bytes(shape, n_ctx, n - gpu_layers, kv_type),
-        compute=compute_buffer_bytes(
-            shape,
-            n_ctx,
-            n_ubatch,
-            flash_attn=flash_attn,
-            has_layers=gpu_layers < n,
-            has_output=not placement.output_on_gpu,
-            has_experts=gpu_layers < n or held_back > 0,
-        )
+        kv=kv_cache_bytes(shape, n_ctx, first_gpu, kv_type),
+        compute=compute(cpu_part)
         + shape.n_vocab * 4,  # the host output buffer: logits of the one token sampled
         overhead=PROCESS_RAM_OVERHEAD.get(backend, PROCESS_RAM_OVERHEAD["cpu"]),
     )

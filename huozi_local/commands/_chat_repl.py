@@ -34,7 +34,13 @@ HELP = "commands: /new  /system TEXT  /regen  /save [FILE]  /quit   (Ctrl-C stop
 
 
 @dataclass
-class ChatSession:
+class ChatRepl:
+    """One `huozi-local chat` run: its history lives in memory and the autosave file.
+
+    The app's `tui.session.ChatSession` keeps conversations in the store instead; the two differ
+    in where history lives, so they are two classes with two names.
+    """
+
     engine: LlamaEngine | RemoteBackend
     plan: dict[str, Any]
     sampling: SamplingOptions
@@ -45,7 +51,7 @@ class ChatSession:
     messages: list[ChatMessage] = field(default_factory=list)
 
     @classmethod
-    def start(cls, args: argparse.Namespace) -> ChatSession:
+    def start(cls, args: argparse.Namespace) -> ChatRepl:
         from rich.console import Console
 
         from huozi_local.commands._engine_load import load_engine, sampling_from

@@ -35,6 +35,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from huozi_local.commands._chat_repl import ChatSession
+    from huozi_local.commands._chat_repl import ChatRepl
 
-    return ChatSession.start(args).run()
+    return ChatRepl.start(args).run()

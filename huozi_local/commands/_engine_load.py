@@ -73,7 +73,7 @@ def _plan(
     if not plan.fits:
         print(
             "huozi-local: warning: this configuration may not fit in memory: "
-            + "; ".join(plan.reasons[-1:]),
+            + plan.reason("shortfall"),
             file=sys.stderr,
         )
     return dict(plan.load_kwargs()), dict(plan.to_dict())

@@ -35,7 +35,7 @@ def plan_lines(plan: Plan) -> list[str]:
         f" (budget {format_bytes(plan.ram_budget_bytes)})"
     )
     lines.append("why:")
-    lines += [f"  - {reason}" for reason in plan.reasons]
+    lines += [f"  - {reason.text}" for reason in plan.reasons]
     return lines
 
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from huozi_local.core.config import Paths, Settings
+    from huozi_local.core.store.conversations import ConversationStore
+    from huozi_local.tui.app import HuoziApp
 
 from huozi_local.commands._engine_load import add_cpu_moe_option, check_cpu_moe
 
@@ -69,7 +74,9 @@ def run_app(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> Any:
+def _build(
+    args: argparse.Namespace, paths: Paths, settings: Settings, store: ConversationStore
+) -> HuoziApp:
     from huozi_local.tui.app import create_app
     from huozi_local.tui.session import ModelInfo
 
@@ -85,7 +92,7 @@ def _build(args: argparse.Namespace, paths: Any, settings: Any, store: Any) -> A
             system_prompt=settings.system_prompt or None,
         )
         backend.connect()  # refused / 401 / unknown model: one line now, not inside the app
-        info = ModelInfo(backend.model_name, "remote", 0, backend.n_ctx)
+        info = ModelInfo(backend.model_name, n_ctx=backend.n_ctx, location="remote")
         return create_app(
             settings=settings, paths=paths, store=store, backend=backend, model_info=info
         )

@@ -12,15 +12,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from huozi_local.core.errors import Cancelled
+
+Stage = Literal["download", "verify", "repair", "copy", "load"]
+"""Every kind of long work that reports progress; front ends label each one."""
 
 
 @dataclass(frozen=True)
 class Progress:
     """One progress report. `total` is None when the size is not known yet."""
 
-    stage: str
+    stage: Stage
     done: int
     total: int | None = None
     message: str = ""
@@ -51,7 +55,7 @@ class ThrottledProgress:
     def __init__(
         self,
         callback: ProgressCallback | None,
-        stage: str,
+        stage: Stage,
         total: int | None,
         interval_s: float = 0.1,
     ) -> None:

@@ -7,11 +7,11 @@ models, a fake hub endpoint), and the benchmark passes a ready engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -20,29 +20,26 @@ from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.conversations import ConversationStore
-from huozi_local.tui.loading import (
+from huozi_local.tui.messages import (
+    BackendLoaded,
+    ModelDownloaded,
+    SettingsRequested,
+    SetupRequested,
+)
+from huozi_local.tui.model_choice import (
     BackendLoader,
     ModelChoice,
     load_local_engine,
     saved_model_choice,
 )
+from huozi_local.tui.options import AppOptions
+from huozi_local.tui.screens.chat import ChatScreen
+from huozi_local.tui.screens.loading import LoadingScreen
+from huozi_local.tui.screens.settings import SettingsScreen
+from huozi_local.tui.screens.setup import SetupScreen
 from huozi_local.tui.session import ChatSession, ModelInfo
 
 CSS_PATH = Path(__file__).with_name("app.tcss")
-
-
-@dataclass
-class AppOptions:
-    """How the first-run setup reaches the network, and what it may offer."""
-
-    endpoint: str | None = None
-    """Hub endpoint for downloads (a fake hub in tests); None is the real hub."""
-    family: str = "huozi3"
-    machine_probe: Callable[[], object] | None = None
-    """Replaces hardware detection (tests describe a machine rather than read this one)."""
-    disk_probe: Callable[[Path], int] | None = None
-    """Replaces the free-disk probe (snapshots must not depend on this disk)."""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class HuoziApp(App[None]):
@@ -80,7 +77,7 @@ class HuoziApp(App[None]):
             info = self.model_info or ModelInfo(self.backend.model_name, n_ctx=self.backend.n_ctx)
             self.open_chat(self.backend, info, owned=False)
             return
-        choice = saved_model_choice(self.settings, self.paths)
+        choice = saved_model_choice(self.settings, self.paths, self.options.machine())
         if choice is not None:
             self.load_model(choice)
         else:
@@ -88,25 +85,18 @@ class HuoziApp(App[None]):
 
     # -- moving between screens --------------------------------------------------------------
 
-    def _show(self, screen: object) -> None:
-        from textual.screen import Screen
-
-        assert isinstance(screen, Screen)
+    def _show(self, screen: Screen[None]) -> None:
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
 
     def open_setup(self, error: str = "") -> None:
-        from huozi_local.tui.screens.setup import SetupScreen
-
         if error:
             self.notify(error, severity="error", timeout=10, markup=False)
         self._show(SetupScreen(self.paths, self.settings, self.options))
 
     def load_model(self, choice: ModelChoice) -> None:
-        from huozi_local.tui.screens.loading import LoadingScreen
-
         self._show(LoadingScreen(choice, self.loader))
 
     def model_ready(self, choice: ModelChoice, spec: str) -> None:
@@ -116,8 +106,6 @@ class HuoziApp(App[None]):
         self.load_model(choice)
 
     def open_chat(self, backend: ChatBackend, info: ModelInfo, *, owned: bool = True) -> None:
-        from huozi_local.tui.screens.chat import ChatScreen
-
         if self.backend is not None and self.backend is not backend and self._owns_backend:
             _close(self.backend)
         self.backend = backend
@@ -132,9 +120,22 @@ class HuoziApp(App[None]):
         except (OSError, HuoziError) as exc:
             self.notify(f"settings not saved: {exc}", severity="error", markup=False)
 
-    def action_open_settings(self) -> None:
-        from huozi_local.tui.screens.settings import SettingsScreen
+    # -- what the screens ask for ------------------------------------------------------------
 
+    @on(SetupRequested)
+    def _setup_requested(self, message: SetupRequested) -> None:
+        self.open_setup(message.error)
+
+    @on(ModelDownloaded)
+    def _model_downloaded(self, message: ModelDownloaded) -> None:
+        self.model_ready(message.choice, message.spec)
+
+    @on(BackendLoaded)
+    def _backend_loaded(self, message: BackendLoaded) -> None:
+        self.open_chat(message.backend, message.info)
+
+    @on(SettingsRequested)
+    def action_open_settings(self) -> None:
         self.push_screen(
             SettingsScreen(self.settings, self.paths, self.model_info, self.options.machine_probe),
             self._settings_closed,
@@ -151,8 +152,8 @@ class HuoziApp(App[None]):
         for name, value in vars(changed).items():
             setattr(self.settings, name, value)
         self.save_settings()
-        if reload_needed and self.model_info is not None and self.model_info.quant != "remote":
-            choice = saved_model_choice(self.settings, self.paths)
+        if reload_needed and self.model_info is not None and self.model_info.location == "local":
+            choice = saved_model_choice(self.settings, self.paths, self.options.machine())
             if choice is None:
                 self.notify(
                     f"{self.settings.model} is not downloaded", severity="error", markup=False
@@ -164,8 +165,6 @@ class HuoziApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         """The palette (Ctrl+P) is the only way to JSON export: one key per format is too many."""
         yield from super().get_system_commands(screen)
-        from huozi_local.tui.screens.chat import ChatScreen
-
         if isinstance(screen, ChatScreen):
             yield SystemCommand(
                 "Export as JSON",

@@ -14,21 +14,28 @@ from pathlib import Path
 from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.core.planning.hardware import Machine
+from huozi_local.core.planning.plan_model import Plan
 from huozi_local.core.progress import ProgressCallback
 from huozi_local.tui.session import ModelInfo
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A model on disk and how to load it."""
+    """A model on disk and the plan it loads with (threads, flash attention, KV cache type)."""
 
     path: Path
     label: str
     quant: str
-    n_ctx: int
-    n_gpu_layers: int
-    extra_load_args: tuple[tuple[str, object], ...] = ()
-    """Threads, flash attention, KV cache type: what the planner chose for this machine."""
+    plan: Plan
+
+    @property
+    def n_ctx(self) -> int:
+        return self.plan.n_ctx
+
+    @property
+    def n_gpu_layers(self) -> int:
+        return self.plan.n_gpu_layers
 
     def info(self) -> ModelInfo:
         return ModelInfo(self.label, self.quant, self.n_gpu_layers, self.n_ctx)
@@ -39,7 +46,7 @@ BackendLoader = Callable[
 ]
 
 
-def saved_model_choice(settings: Settings, paths: Paths) -> ModelChoice | None:
+def saved_model_choice(settings: Settings, paths: Paths, machine: Machine) -> ModelChoice | None:
     """The model the last run used (Settings.model), when it is still on this disk."""
     if not settings.model:
         return None
@@ -50,25 +57,18 @@ def saved_model_choice(settings: Settings, paths: Paths) -> ModelChoice | None:
     except HuoziError:
         return None
     label = resolved.family or resolved.display_name
-    return choice_for(resolved.path, label, resolved.quant or "", settings)
+    return choice_for(resolved.path, label, resolved.quant or "", settings, machine)
 
 
 def choice_for(
-    path: Path, label: str, quant: str, settings: Settings, machine: object | None = None
+    path: Path, label: str, quant: str, settings: Settings, machine: Machine | None = None
 ) -> ModelChoice:
     """The planner's load options for the settings as they stand (planner.plan_for_settings)."""
     from huozi_local.core.planning.hardware import detect_machine
     from huozi_local.core.planning.planner import plan_for_settings
 
-    plan = plan_for_settings(
-        path,
-        machine if machine is not None else detect_machine(),  # type: ignore[arg-type]
-        settings,
-    )
-    kwargs = dict(plan.load_kwargs())
-    n_ctx = int(kwargs.pop("n_ctx"))
-    n_gpu_layers = int(kwargs.pop("n_gpu_layers"))
-    return ModelChoice(path, label, quant, n_ctx, n_gpu_layers, tuple(sorted(kwargs.items())))
+    plan = plan_for_settings(path, machine if machine is not None else detect_machine(), settings)
+    return ModelChoice(path, label, quant, plan)
 
 
 def load_local_engine(
@@ -81,10 +81,8 @@ def load_local_engine(
 
     return LlamaEngine.load(
         choice.path,
-        n_ctx=choice.n_ctx,
-        n_gpu_layers=choice.n_gpu_layers,
         system_prompt=None,
-        **dict(choice.extra_load_args),  # type: ignore[arg-type]
         progress=progress,
         cancel=cancel,
+        **choice.plan.load_kwargs(),
     )

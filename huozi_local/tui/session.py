@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from huozi_local.core.chat.types import (
     ChatBackend,
@@ -22,6 +23,9 @@ from huozi_local.core.config import Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.conversations import ConversationStore, StoredMessage
 
+ModelLocation = Literal["local", "remote"]
+"""A model this app loaded from a file, or one an OpenAI-compatible server runs (`--endpoint`)."""
+
 
 @dataclass
 class ModelInfo:
@@ -31,6 +35,8 @@ class ModelInfo:
     quant: str = ""
     n_gpu_layers: int = 0
     n_ctx: int = 0
+    location: ModelLocation = "local"
+    """A remote model has no file here, so settings never reload it."""
 
 
 @dataclass

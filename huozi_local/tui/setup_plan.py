@@ -11,13 +11,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from huozi_local.core.catalog import get_family
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.core.planning.hardware import Machine
+from huozi_local.core.planning.plan_model import Verdict
+from huozi_local.core.planning.planner import QuantOption
 
-VERDICT_LABELS = {
+VERDICT_LABELS: dict[Verdict, str] = {
     "fits": "fits 可运行",
     "partial": "partly on GPU 部分在 GPU",
     "no": "will not fit 放不下",
@@ -27,13 +29,17 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class SetupOption:
-    spec: str
+    family: str
     quant: str
     size_bytes: int
-    verdict: str
+    verdict: Verdict
     n_gpu_layers: int
     n_ctx: int
     reason: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.family}:{self.quant}"
 
     @property
     def usable(self) -> bool:
@@ -41,7 +47,7 @@ class SetupOption:
 
     @property
     def line(self) -> str:
-        label = VERDICT_LABELS.get(self.verdict, self.verdict)
+        label = VERDICT_LABELS[self.verdict]
         return f"{self.quant:<7} {gib(self.size_bytes):>8}  {label}: {self.reason}"
 
 
@@ -62,51 +68,48 @@ def build_setup_report(
     family_name: str,
     paths: Paths,
     settings: Settings,
-    machine: Callable[[], object] | None = None,
+    machine: Machine,
     disk_probe: Callable[[Path], int] | None = None,
 ) -> SetupReport:
-    from huozi_local.core.planning.hardware import detect_machine
     from huozi_local.core.planning.planner import choose_plan, rank_quants
 
     family = get_family(family_name)
-    found: Any = machine() if machine is not None else detect_machine()
-    options = [_option(family_name, o) for o in rank_quants(family, found)]
-    best = choose_plan(family, found)
+    options = [_option(family_name, o) for o in rank_quants(family, machine)]
+    best = choose_plan(family, machine)
     recommended = next((o for o in options if o.quant == best.quant and o.usable), None)
     if recommended is None:
-        needs = next((r for r in best.reasons if r.startswith("does not fit")), "")
+        needs = best.reason("shortfall")
         recommendation = (
             f"没有能在本机运行的版本 No quant of {family_name} fits this machine. {needs}"
         )
     else:
         recommendation = "; ".join(
-            r for r in best.reasons if r.startswith(("quant:", "n_gpu_layers:", "n_ctx:"))
+            r.text for r in best.reasons if r.topic in ("quant", "gpu_layers", "context")
         )
     need = recommended.size_bytes if recommended else 0
     free = (disk_probe or _free_bytes)(paths.models_dir)
     disk_line = f"磁盘 Disk: needs {gib(need)} in {paths.models_dir} ({gib(free)} free)"
     if need > free:
         disk_line += ": NOT ENOUGH SPACE"
-    return SetupReport(_hardware_lines(found), options, recommended, recommendation, disk_line)
+    return SetupReport(_hardware_lines(machine), options, recommended, recommendation, disk_line)
 
 
-def _option(family_name: str, option: Any) -> SetupOption:
+def _option(family_name: str, option: QuantOption) -> SetupOption:
     """One row; the reason is where the layers go, or what is missing when it does not fit."""
-    reasons = [str(r) for r in option.reasons]
-    wanted = "does not fit" if option.verdict == "no" else "n_gpu_layers:"
-    reason = next((r for r in reasons if r.startswith(wanted)), reasons[0] if reasons else "")
+    plan = option.plan
+    reason = plan.reason("shortfall") if option.verdict == "no" else plan.reason("gpu_layers")
     return SetupOption(
-        spec=f"{family_name}:{option.quant}",
-        quant=str(option.quant),
-        size_bytes=int(option.size_bytes),
-        verdict=str(option.verdict),
-        n_gpu_layers=int(option.n_gpu_layers),
-        n_ctx=int(option.n_ctx),
+        family=family_name,
+        quant=option.quant,
+        size_bytes=option.size_bytes,
+        verdict=option.verdict,
+        n_gpu_layers=option.n_gpu_layers,
+        n_ctx=option.n_ctx,
         reason=reason,
     )
 
 
-def _hardware_lines(machine: Any) -> list[str]:
+def _hardware_lines(machine: Machine) -> list[str]:
     lines = [
         f"CPU: {machine.cpu_name} ({machine.physical_cores} cores)",
         f"RAM: {gib(machine.ram_total_bytes)} total, {gib(machine.ram_available_bytes)} available",
@@ -129,7 +132,7 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def memory_estimate_text(settings: Settings, paths: Paths, machine: Any = None) -> str:
+def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | None = None) -> str:
     """The planner's estimate for the settings as they stand (settings screen)."""
     from huozi_local.core.fetch.model_folder import resolve_local_model
     from huozi_local.core.planning.hardware import detect_machine
@@ -142,7 +145,7 @@ def memory_estimate_text(settings: Settings, paths: Paths, machine: Any = None) 
         )
     except HuoziError as exc:
         return f"内存估计 Memory estimate unavailable: {exc}"
-    label = VERDICT_LABELS.get(plan.verdict, plan.verdict)
+    label = VERDICT_LABELS[plan.verdict]
     return (
         f"内存估计 Estimate for {plan.n_gpu_layers} GPU layers, context {plan.n_ctx}: "
         f"GPU {gib(plan.vram_bytes)}, RAM {gib(plan.ram_bytes)}: {label}"

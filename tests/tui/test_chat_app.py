@@ -15,7 +15,7 @@ from huozi_local.core.config import Paths, Settings
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.loading import ModelChoice, choice_for, load_local_engine
+from huozi_local.tui.model_choice import ModelChoice, choice_for, load_local_engine
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.widgets.chat_input import ChatInput
 

@@ -25,7 +25,7 @@ from huozi_local.core.fetch.model_folder import family_model_path
 from huozi_local.core.progress import ProgressCallback
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.loading import ModelChoice, choice_for, load_local_engine
+from huozi_local.tui.model_choice import ModelChoice, choice_for, load_local_engine
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.loading import LoadFinished
 from huozi_local.tui.screens.settings import SettingsScreen

@@ -22,7 +22,8 @@ from huozi_local.core.config import Paths, Settings
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
-from huozi_local.tui.app import AppOptions, create_app
+from huozi_local.tui.app import create_app
+from huozi_local.tui.options import AppOptions
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.setup import SetupScreen
 from huozi_local.tui.widgets.chat_input import ChatInput

@@ -29,7 +29,8 @@ from huozi_local.core.fetch.model_folder import (
 )
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
-from huozi_local.tui.app import AppOptions, create_app
+from huozi_local.tui.app import create_app
+from huozi_local.tui.options import AppOptions
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.setup import SetupScreen
 from huozi_local.tui.widgets.chat_input import ChatInput

@@ -17,8 +17,9 @@ from huozi_local.core.config import Paths, Settings
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
-from huozi_local.tui.app import AppOptions, HuoziApp, create_app
-from huozi_local.tui.loading import choice_for, load_local_engine
+from huozi_local.tui.app import HuoziApp, create_app
+from huozi_local.tui.model_choice import choice_for, load_local_engine
+from huozi_local.tui.options import AppOptions
 from huozi_local.tui.session import ModelInfo
 
 GIB = 1024**3

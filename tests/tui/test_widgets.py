@@ -153,7 +153,7 @@ async def test_settings_estimate_follows_gpu_layers_and_save_persists(
     from textual.widgets import Input, Static
 
     from huozi_local.core.planning.hardware import Machine
-    from huozi_local.tui.app import AppOptions
+    from huozi_local.tui.options import AppOptions
     from huozi_local.tui.screens.settings import SettingsScreen
 
     paths = Paths.from_env()

@@ -8,7 +8,7 @@ the GPU's share also counts against RAM, which it shares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from huozi_local.core.catalog import quant_rank
 from huozi_local.core.planning.memory_model import (
@@ -23,6 +23,35 @@ from huozi_local.core.planning.memory_model import (
 
 if TYPE_CHECKING:
     from huozi_local.core.planning.hardware import Machine
+
+Verdict = Literal["fits", "partial", "no"]
+"""'fits' (all on the GPU, or in RAM on a CPU machine), 'partial' (split GPU/CPU) or 'no'."""
+
+ReasonTopic = Literal[
+    "backend",
+    "quant",
+    "placement",
+    "gpu_layers",
+    "context",
+    "threads",
+    "flash_attn",
+    "kv_cache",
+    "memory",
+    "shortfall",
+]
+"""What one line of a plan's explanation is about, so a screen picks lines by topic, not wording."""
+
+
+@dataclass(frozen=True)
+class PlanReason:
+    """One line of why the plan is what it is (`plan` prints them all, setup picks some)."""
+
+    topic: ReasonTopic
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
 
 DEFAULT_BATCH = 512
 RAM_HEADROOM = 1 * GiB
@@ -71,7 +100,7 @@ class Plan:
     fits: bool
     fully_on_gpu: bool
     breakdown: MemoryEstimate
-    reasons: tuple[str, ...] = field(default_factory=tuple)
+    reasons: tuple[PlanReason, ...] = field(default_factory=tuple)
     # The first n_cpu_moe layers keep their expert tensors (blk.N.ffn_(gate|up|down)_exps) in CPU
     # memory while the rest of those layers is wherever n_gpu_layers puts it; 0 = none.
     n_cpu_moe: int = 0
@@ -80,8 +109,7 @@ class Plan:
     cpu_bytes_per_token: int = 0
 
     @property
-    def verdict(self) -> str:
-        """'fits' (all on the GPU, or in RAM on a CPU machine), 'partial' (split) or 'no'."""
+    def verdict(self) -> Verdict:
         if not self.fits:
             return "no"
         return "fits" if self.fully_on_gpu or self.backend == "cpu" else "partial"
@@ -131,11 +159,15 @@ class Plan:
                 "cpu": self.breakdown.cpu.to_dict(),
                 "unified_memory": self.breakdown.unified,
             },
-            "reasons": list(self.reasons),
+            "reasons": [reason.text for reason in self.reasons],
         }
 
-    def with_reasons(self, reasons: list[str]) -> Plan:
+    def with_reasons(self, reasons: list[PlanReason]) -> Plan:
         return replace(self, reasons=tuple(reasons))
+
+    def reason(self, topic: ReasonTopic) -> str:
+        """The explanation's line about `topic`, or "" when it has none."""
+        return next((r.text for r in self.reasons if r.topic == topic), "")
 
 
 def plan_rank(plan: Plan) -> tuple[bool, bool, float, int, int, int]:

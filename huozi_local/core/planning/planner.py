@@ -27,6 +27,8 @@ from huozi_local.core.planning.plan_model import (
     DEFAULT_BATCH,
     Budget,
     Plan,
+    PlanReason,
+    Verdict,
     evaluate_plan,
     memory_budget,
     plan_rank,
@@ -42,7 +44,9 @@ __all__ = [
     "DEFAULT_BATCH",
     "Budget",
     "Plan",
+    "PlanReason",
     "QuantOption",
+    "Verdict",
     "choose_plan",
     "evaluate_plan",
     "memory_budget",
@@ -144,11 +148,10 @@ def choose_placement(
     elif n_cpu_moe is not None:
         plan = _most_layers(n, lambda ngl: evaluate(ngl, n_cpu_moe))
     if n_gpu_layers is not None or n_cpu_moe is not None:
-        return plan.with_reasons(
-            [
-                f"placement: as asked (n_cpu_moe {plan.n_cpu_moe}): per token the CPU reads "
-                f"{_gb(plan.cpu_bytes_per_token)}"
-            ]
+        return _with_placement(
+            plan,
+            f"placement: as asked (n_cpu_moe {plan.n_cpu_moe}): per token the CPU reads "
+            f"{_gb(plan.cpu_bytes_per_token)}",
         )
     layer_split = _most_layers(n, lambda ngl: evaluate(ngl, 0))
     if not shape.is_moe or layer_split.fully_on_gpu:
@@ -160,22 +163,24 @@ def choose_placement(
         if not layer_split.fits:
             return layer_split
         everything_else = evaluate(n + 1, n)
-        return layer_split.with_reasons(
-            [
-                "placement: whole layers: MoE placement does not fit (every layer's attention "
-                f"and KV cache and the output alone need {format_bytes(everything_else.vram_bytes)}"
-                " of GPU memory)"
-            ]
+        return _with_placement(
+            layer_split,
+            "placement: whole layers: MoE placement does not fit (every layer's attention "
+            f"and KV cache and the output alone need {format_bytes(everything_else.vram_bytes)}"
+            " of GPU memory)",
         )
     if not layer_split.fits or moe_placement.cpu_bytes_per_token < layer_split.cpu_bytes_per_token:
-        return moe_placement.with_reasons([_moe_reason(moe_placement, layer_split)])
-    return layer_split.with_reasons(
-        [
-            f"placement: whole layers: the CPU reads {_gb(layer_split.cpu_bytes_per_token)} per "
-            f"token, MoE placement (experts of {moe_placement.n_cpu_moe} layers in RAM) would "
-            f"read {_gb(moe_placement.cpu_bytes_per_token)}"
-        ]
+        return _with_placement(moe_placement, _moe_reason(moe_placement, layer_split))
+    return _with_placement(
+        layer_split,
+        f"placement: whole layers: the CPU reads {_gb(layer_split.cpu_bytes_per_token)} per "
+        f"token, MoE placement (experts of {moe_placement.n_cpu_moe} layers in RAM) would "
+        f"read {_gb(moe_placement.cpu_bytes_per_token)}",
     )
+
+
+def _with_placement(plan: Plan, text: str) -> Plan:
+    return plan.with_reasons([PlanReason("placement", text)])
 
 
 def _gb(n: int) -> str:
@@ -206,47 +211,65 @@ def _most_layers(n_layers: int, evaluate: Callable[[int], Plan]) -> Plan:
 
 
 def _explain(plan: Plan, machine: Machine, *, why_quant: str, shape: ModelShape) -> Plan:
-    lines = [_backend_line(plan, machine), why_quant, *plan.reasons]
+    lines = [
+        PlanReason("backend", _backend_line(plan, machine)),
+        PlanReason("quant", why_quant),
+        *plan.reasons,
+    ]
     repeating = plan.gpu_repeating_layers
     if plan.backend == "cpu":
-        lines.append("n_gpu_layers: 0: everything runs on the CPU from RAM (weights mmap'd)")
+        layers = "n_gpu_layers: 0: everything runs on the CPU from RAM (weights mmap'd)"
     elif plan.n_cpu_moe:
-        lines.append(
+        layers = (
             f"n_gpu_layers: {plan.n_gpu_layers}, n_cpu_moe: {plan.n_cpu_moe}: {repeating} of "
             f"{plan.n_layers} layers and the output on the GPU, the experts of layers 0-"
             f"{plan.n_cpu_moe - 1} in RAM (GPU budget {format_bytes(plan.vram_budget_bytes)})"
         )
     elif plan.fully_on_gpu:
-        lines.append(
+        layers = (
             f"n_gpu_layers: {plan.n_gpu_layers}: all {plan.n_layers} layers and the output "
             "on the GPU"
         )
     else:
-        lines.append(
+        layers = (
             f"n_gpu_layers: {plan.n_gpu_layers}: {repeating} of {plan.n_layers} layers"
             f"{' and the output' if plan.n_gpu_layers else ''} on the GPU, the rest on the CPU "
             f"(GPU budget {format_bytes(plan.vram_budget_bytes)})"
         )
+    lines.append(PlanReason("gpu_layers", layers))
     ceiling = min(shape.context_length or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
     kv = plan.breakdown.gpu.kv + plan.breakdown.cpu.kv
     ctx_line = f"n_ctx: {plan.n_ctx} (KV cache {format_bytes(kv)} in {plan.kv_cache_type})"
     if plan.n_ctx < ceiling and plan.fits:
         ctx_line += f"; {plan.n_ctx * 2} would not fit or is above the cap"
-    lines.append(ctx_line)
-    lines.append(f"threads: {plan.n_threads} (physical cores; hyper-threads slow llama.cpp down)")
-    if plan.flash_attn:
-        lines.append("flash attention: on (this build supports it; no n_ctx x heads score matrix)")
-    else:
-        lines.append("flash attention: off (this build does not support it)")
-    if plan.kv_cache_type == "q8_0":
-        lines.append("KV cache: q8_0: half the memory of f16, so the context could grow")
+    lines.append(PlanReason("context", ctx_line))
     lines.append(
-        f"memory: GPU {format_bytes(plan.vram_bytes)} of {format_bytes(plan.vram_budget_bytes)}, "
-        f"RAM {format_bytes(plan.ram_bytes)} of {format_bytes(plan.ram_budget_bytes)} "
-        "(budgets after headroom)"
+        PlanReason(
+            "threads",
+            f"threads: {plan.n_threads} (physical cores; hyper-threads slow llama.cpp down)",
+        )
+    )
+    if plan.flash_attn:
+        flash = "flash attention: on (this build supports it; no n_ctx x heads score matrix)"
+    else:
+        flash = "flash attention: off (this build does not support it)"
+    lines.append(PlanReason("flash_attn", flash))
+    if plan.kv_cache_type == "q8_0":
+        lines.append(
+            PlanReason(
+                "kv_cache", "KV cache: q8_0: half the memory of f16, so the context could grow"
+            )
+        )
+    lines.append(
+        PlanReason(
+            "memory",
+            f"memory: GPU {format_bytes(plan.vram_bytes)} of "
+            f"{format_bytes(plan.vram_budget_bytes)}, RAM {format_bytes(plan.ram_bytes)} of "
+            f"{format_bytes(plan.ram_budget_bytes)} (budgets after headroom)",
+        )
     )
     if not plan.fits:
-        lines.append(_needs_line(plan))
+        lines.append(PlanReason("shortfall", _needs_line(plan)))
     return plan.with_reasons(lines)
 
 
@@ -281,7 +304,7 @@ class QuantOption:
     quant: str
     size_bytes: int
     plan: Plan
-    verdict: str  # "fits" (all on the best backend) | "partial" (split GPU/CPU) | "no"
+    verdict: Verdict
 
     @property
     def fits(self) -> bool:
@@ -296,12 +319,8 @@ class QuantOption:
         return self.plan.n_ctx
 
     @property
-    def reasons(self) -> tuple[str, ...]:
+    def reasons(self) -> tuple[PlanReason, ...]:
         return self.plan.reasons
-
-
-def _verdict(plan: Plan) -> str:
-    return plan.verdict
 
 
 def rank_quants(
@@ -320,10 +339,10 @@ def rank_quants(
                 "fits": "runs entirely on " + ("the GPU" if plan.backend != "cpu" else "the CPU"),
                 "partial": "split between the GPU and the CPU",
                 "no": "does not fit this machine",
-            }[_verdict(plan)]
+            }[plan.verdict]
         )
         plan = _explain(plan, machine, why_quant=why, shape=shape)
-        options.append(QuantOption(quant.quant, quant.size_bytes, plan, _verdict(plan)))
+        options.append(QuantOption(quant.quant, quant.size_bytes, plan, plan.verdict))
     return options
 
 

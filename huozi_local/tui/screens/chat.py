@@ -24,6 +24,7 @@ from textual.widgets import Footer
 
 from huozi_local.core.chat.types import ContextTrimmed, ReplyResult, TextDelta
 from huozi_local.core.errors import HuoziError
+from huozi_local.tui.messages import SettingsRequested
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
 from huozi_local.tui.session import ChatSession
 from huozi_local.tui.widgets.chat_input import ChatInput
@@ -359,11 +360,7 @@ class ChatScreen(Screen[None]):
 
     def action_settings(self) -> None:
         if not self.replying:
-            from huozi_local.tui.app import HuoziApp
-
-            app = self.app
-            if isinstance(app, HuoziApp):
-                app.action_open_settings()
+            self.post_message(SettingsRequested())
 
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(ConversationList)

@@ -16,7 +16,8 @@ from textual.widgets import Label, ProgressBar
 from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.progress import Progress
-from huozi_local.tui.loading import BackendLoader, ModelChoice
+from huozi_local.tui.messages import BackendLoaded, SetupRequested
+from huozi_local.tui.model_choice import BackendLoader, ModelChoice
 
 
 class LoadProgress(Message):
@@ -80,16 +81,12 @@ class LoadingScreen(Screen[None]):
             self.query_one("#load-detail", Label).update(message.progress.message)
 
     def on_load_finished(self, message: LoadFinished) -> None:
-        from huozi_local.tui.app import HuoziApp
-
-        app = self.app
-        assert isinstance(app, HuoziApp)
         if message.backend is not None:
-            app.open_chat(message.backend, self.choice.info())
+            self.post_message(BackendLoaded(message.backend, self.choice.info()))
         elif message.error == "cancelled":
-            app.open_setup()
+            self.post_message(SetupRequested())
         else:
-            app.open_setup(error=message.error)
+            self.post_message(SetupRequested(message.error))
 
     def action_cancel(self) -> None:
         self.cancel_event.set()

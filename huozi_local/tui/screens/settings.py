@@ -6,7 +6,6 @@ so the person sees what a choice costs before they apply it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import ClassVar
 
@@ -20,10 +19,11 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.tui.options import MachineProbe
 from huozi_local.tui.session import ModelInfo
 from huozi_local.tui.setup_plan import memory_estimate_text
 
-NUMBER_FIELDS: tuple[tuple[str, str, type], ...] = (
+NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("temperature", "温度 Temperature", float),
     ("top_p", "Top-p", float),
     ("repeat_penalty", "重复惩罚 Repeat penalty", float),
@@ -44,7 +44,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         settings: Settings,
         paths: Paths,
         model: ModelInfo | None,
-        machine_probe: Callable[[], object] | None = None,
+        machine_probe: MachineProbe | None = None,
     ) -> None:
         super().__init__()
         self.machine_probe = machine_probe
@@ -84,19 +84,23 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self._update_estimate()
 
     def _read(self) -> Settings | None:
-        values: dict[str, object] = {}
+        numbers: dict[str, float] = {}
         for name, title, kind in NUMBER_FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             try:
-                values[name] = kind(raw)
+                numbers[name] = kind(raw)
             except ValueError:
                 message = f"{title}: '{raw}' is not a number"
                 self.query_one("#estimate", Static).update(Content(message))
                 return None
         model = self.query_one("#model", Select).value
-        values["model"] = model if isinstance(model, str) else self.settings.model
-        values["system_prompt"] = self.query_one("#system_prompt", TextArea).text
-        changed = replace(self.settings, **values)  # type: ignore[arg-type]
+        changed = replace(
+            self.settings,
+            model=model if isinstance(model, str) else self.settings.model,
+            system_prompt=self.query_one("#system_prompt", TextArea).text,
+        )
+        for name, value in numbers.items():
+            setattr(changed, name, value)
         try:
             return changed.validate()  # the same ranges config.toml is held to
         except HuoziError as exc:

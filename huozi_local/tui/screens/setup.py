@@ -8,6 +8,7 @@ other in one bar (stage, bytes, speed, time left). When the file is ready the ap
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import ClassVar
 
 from textual import on, work
@@ -21,10 +22,13 @@ from textual.widgets.option_list import Option
 
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import Cancelled, HuoziError
-from huozi_local.core.progress import Progress
+from huozi_local.core.progress import Progress, Stage
+from huozi_local.tui.messages import ModelDownloaded
+from huozi_local.tui.model_choice import choice_for
+from huozi_local.tui.options import AppOptions
 from huozi_local.tui.setup_plan import SetupOption, SetupReport, build_setup_report
 
-STAGE_LABELS = {
+STAGE_LABELS: dict[Stage, str] = {
     "download": "下载 Downloading",
     "verify": "校验 Verifying",
     "repair": "修复 Repairing",
@@ -38,7 +42,7 @@ class SetupProgress(Message):
 
 
 class SetupFinished(Message):
-    def __init__(self, option: SetupOption, path: object | None, error: str = "") -> None:
+    def __init__(self, option: SetupOption, path: Path | None, error: str = "") -> None:
         super().__init__()
         self.option = option
         self.path = path
@@ -51,23 +55,16 @@ class SetupScreen(Screen[None]):
         Binding("ctrl+q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, paths: Paths, settings: Settings, options: object) -> None:
-        from huozi_local.tui.app import AppOptions
-
+    def __init__(self, paths: Paths, settings: Settings, options: AppOptions) -> None:
         super().__init__()
-        assert isinstance(options, AppOptions)
         self.paths = paths
         self.settings = settings
         self.options = options
         self.report: SetupReport = build_setup_report(
-            options.family,
-            paths,
-            settings,
-            machine=options.machine_probe,
-            disk_probe=options.disk_probe,
+            options.family, paths, settings, options.machine(), disk_probe=options.disk_probe
         )
         self.cancel_event: threading.Event | None = None
-        self.stages_seen: list[str] = []
+        self.stages_seen: list[Stage] = []
 
     def compose(self) -> ComposeResult:
         report = self.report
@@ -160,11 +157,6 @@ class SetupScreen(Screen[None]):
         self.query_one("#detail", Label).update(progress.message)
 
     def on_setup_finished(self, message: SetupFinished) -> None:
-        from pathlib import Path
-
-        from huozi_local.tui.app import HuoziApp
-        from huozi_local.tui.loading import choice_for
-
         self.cancel_event = None
         self.query_one("#start", Button).disabled = False
         self.query_one("#cancel", Button).disabled = True
@@ -180,23 +172,19 @@ class SetupScreen(Screen[None]):
                 markup=False,
             )
             return
-        assert isinstance(message.path, Path)
         option = message.option
-        app = self.app
-        assert isinstance(app, HuoziApp)
-        probe = self.options.machine_probe
         try:
             choice = choice_for(
                 message.path,
-                option.spec.split(":")[0],
+                option.family,
                 option.quant,
                 self.settings,
-                machine=probe() if probe is not None else None,
+                machine=self.options.machine(),
             )
         except HuoziError as exc:
             self.notify(str(exc), severity="error", timeout=10, markup=False)
             return
-        app.model_ready(choice, option.spec)
+        self.post_message(ModelDownloaded(choice, option.spec))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel_download(self) -> None:

@@ -10,7 +10,9 @@ from huozi_local.tui.session import ModelInfo, ReplyStats
 def status_text(model: ModelInfo, stats: ReplyStats, state: str = "") -> str:
     gpu = "all" if model.n_gpu_layers < 0 else str(model.n_gpu_layers)
     parts = [model.label]
-    if model.quant:
+    if model.location == "remote":
+        parts.append("remote")
+    elif model.quant:
         parts.append(model.quant)
     parts.append(f"GPU layers {gpu}")
     parts.append(f"ctx {stats.context_used}/{model.n_ctx}")

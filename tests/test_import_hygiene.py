@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huozi_local
 import huozi_local.core
 
+PACKAGE_DIR = Path(huozi_local.__file__).parent
 CORE_DIR = Path(huozi_local.core.__file__).parent
 CORE_MODULES = sorted(
     m.name for m in pkgutil.walk_packages([str(CORE_DIR)], prefix="huozi_local.core.")
@@ -25,8 +27,8 @@ FORBIDDEN_LAYERS: dict[str, set[str]] = {
 }
 
 
-def _core_imports(source: str, module_name: str) -> set[str]:
-    """Every huozi_local.core module named in a source, function-level and relative imports too."""
+def _imported_names(source: str, module_name: str) -> set[str]:
+    """Every dotted name a source imports, function-level and relative imports too."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -38,7 +40,55 @@ def _core_imports(source: str, module_name: str) -> set[str]:
                 module = f"{base}.{module}" if module else base
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
-    return {name for name in names if name.startswith("huozi_local.core.")}
+    return names
+
+
+def _core_imports(source: str, module_name: str) -> set[str]:
+    """Every huozi_local.core module named in a source."""
+    return {n for n in _imported_names(source, module_name) if n.startswith("huozi_local.core.")}
+
+
+def _package_import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (anywhere in its source, TYPE_CHECKING too)."""
+    modules: dict[str, Path] = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = ("huozi_local", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        # A package's relative imports start from the package itself, not from its parent.
+        anchor = f"{name}.__init__" if path.name == "__init__.py" else name
+        found = {module_of(n) for n in _imported_names(path.read_text(encoding="utf-8"), anchor)}
+        graph[name] = {m for m in found if m is not None and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import each other, directly or around a loop."""
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph.get(name, ()))
+        return seen
+
+    reach = {name: reachable(name) for name in graph}
+    groups = {
+        tuple(sorted({name} | {o for o in reach[name] if name in reach[o]}))
+        for name in graph
+        if name in reach[name]
+    }
+    return [list(group) for group in sorted(groups)]
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -124,3 +174,15 @@ def test_layer_rule_sees_imports_inside_functions() -> None:
     )
     found = _core_imports(source, "huozi_local.core.gguf.hidden")
     assert {"huozi_local.core.fetch.hub", "huozi_local.core.chat.engine"} <= found
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """Screens post messages to the app rather than import it: imports run one way."""
+    graph = _package_import_graph()
+    assert "huozi_local.tui.screens.setup" in graph
+    assert _cycles(graph) == []
+
+
+def test_cycle_finder_sees_a_loop() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]

@@ -16,14 +16,6 @@ EOS_ID = 2  # the tokenizer's own </s>; the model ends its turns with END_OF_UTT
 ROLE_SYSTEM = "系统"
 ROLE_USER = "用户"
 ROLE_ASSISTANT = "助手"
-ROLE_ALIASES = {
-    "system": ROLE_SYSTEM,
-    "user": ROLE_USER,
-    "assistant": ROLE_ASSISTANT,
-    ROLE_SYSTEM: ROLE_SYSTEM,
-    ROLE_USER: ROLE_USER,
-    ROLE_ASSISTANT: ROLE_ASSISTANT,
-}
 DEFAULT_SYSTEM_PROMPT = "你是一个智能助手"
 
 # The training template, exactly as the model's README gives it (data/huozi-template.jinja).

@@ -41,10 +41,6 @@ class GenerationQueue:
         self._worker = threading.Thread(target=self._run, name="huozi-generation", daemon=True)
         self._worker.start()
 
-    @property
-    def closing(self) -> bool:
-        return self._closing.is_set()
-
     async def events(
         self, produce: Callable[[threading.Event], Iterator[ReplyEvent]]
     ) -> AsyncGenerator[ReplyEvent, None]:

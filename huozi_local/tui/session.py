@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from huozi_local.core.chat.types import (
@@ -44,7 +44,6 @@ class ReplyStats:
     context_used: int = 0
     tokens_per_s: float = 0.0
     stop_reason: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class ChatSession:

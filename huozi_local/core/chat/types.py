@@ -1,7 +1,7 @@
 """The small vocabulary every chat front end speaks: messages, sampling, reply events.
 
-A `ChatBackend` streams a reply to a list of messages. The local llama.cpp engine, a remote
-OpenAI-compatible endpoint and the fakes in tests all implement it, so the terminal chat, the TUI
+A `ChatBackend` streams a reply to a list of messages. The local llama.cpp engine and a remote
+OpenAI-compatible endpoint implement it (tests drive both for real), so the terminal chat, the TUI
 and the server never care which one they drive (the backend protocol of simonw/llm).
 """
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
@@ -198,12 +197,3 @@ def translate_hub_errors(base: str, repo_id: str, filename: str | None = None) -
         raise HuoziError(f"{base} answered HTTP {status} for {repo_id}: try again later") from exc
     except (httpx2.TransportError, ConnectionError) as exc:
         raise HuoziError(network_failure_message(base, exc)) from exc
-
-
-def listing_to_json(listing: RepoListing) -> dict[str, Any]:
-    return {
-        "repo_id": listing.repo_id,
-        "source": listing.source,
-        "revision": listing.revision,
-        "files": [asdict(f) for f in listing.files],
-    }

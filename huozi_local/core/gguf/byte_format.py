@@ -89,13 +89,6 @@ class TensorInfo:
     def type_name(self) -> str:
         return ggml_type_name(self.ggml_type)
 
-    @property
-    def n_elements(self) -> int:
-        count = 1
-        for n in self.shape:
-            count *= n
-        return count
-
 
 def ggml_type_name(ggml_type: int) -> str:
     import gguf

@@ -11,7 +11,6 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (version 2 and
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -394,11 +393,3 @@ def expected_file_size(gguf: GGUFFile) -> int:
     if not gguf.tensors:
         return gguf.data_offset
     return gguf.data_offset + max(t.offset + t.n_bytes for t in gguf.tensors)
-
-
-def iter_split_experts(gguf: GGUFFile) -> Iterator[tuple[int, str, int, TensorInfo]]:
-    """(layer, kind, expert, tensor) for every legacy per-expert tensor."""
-    for tensor in gguf.tensors:
-        match = SPLIT_EXPERT_RE.match(tensor.name)
-        if match:
-            yield int(match.group(1)), match.group(2), int(match.group(3)), tensor

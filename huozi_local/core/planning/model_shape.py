@@ -7,7 +7,7 @@ the family's architecture and llama.cpp's quantization recipe scaled to the hub'
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from huozi_local.core.catalog import QUANT_BITS_PER_WEIGHT
@@ -50,8 +50,6 @@ RECIPES: dict[str, dict[str, str]] = {
     "q4_0": {"base": "q4_0", "output": "q6_k", "attn_v": "q8_0", "attn_k": "q8_0"},
 }
 
-KV_TYPES = ("f16", "q8_0")
-
 
 def kv_bytes_per_element(kv_type: str) -> float:
     try:
@@ -77,8 +75,6 @@ class ModelShape:
     n_expert: int
     n_expert_used: int
     context_length: int
-    file_bytes: int = 0
-    estimated: bool = field(default=False)
     # Per layer, the bytes of its MoE expert tensors (part of layer_bytes); empty for dense models.
     layer_expert_bytes: tuple[int, ...] = ()
 
@@ -128,7 +124,6 @@ class ModelShape:
             n_expert=gguf.n_expert,
             n_expert_used=gguf.n_expert_used,
             context_length=gguf.context_length,
-            file_bytes=gguf.file_size,
             layer_expert_bytes=tuple(gguf.layer_expert_bytes()),
         )
 
@@ -183,8 +178,6 @@ class ModelShape:
             n_expert=arch.n_expert,
             n_expert_used=arch.n_expert_used,
             context_length=arch.context_length,
-            file_bytes=quant.size_bytes,
-            estimated=True,
             layer_expert_bytes=tuple(
                 round(ffn * scale) if arch.n_expert > 1 else 0 for _ in range(arch.n_layers)
             ),

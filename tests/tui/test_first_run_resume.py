@@ -105,7 +105,11 @@ async def test_cancelled_download_resumes_and_chats(
 
                 # Paused, not finished: some bytes kept in the .part file, nothing loadable.
                 assert "Paused" in _stage(setup)
-                assert any(m.startswith("cancelled: download cancelled with") for m in said)
+                await wait_for(  # the notice is its own message: it may come a frame later
+                    pilot,
+                    lambda: any(m.startswith("cancelled: download cancelled with") for m in said),
+                    "the pause notice",
+                )
                 kept = part.stat().st_size
                 assert 0 < kept <= hub.first_slice < size
                 assert not final.exists() and installed_models(paths) == []

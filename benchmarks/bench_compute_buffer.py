@@ -1,0 +1,140 @@
+"""The compute-buffer model against llama.cpp's own allocations, at huozi3's real shapes.
+
+A real-shape huozi3 slice (official dimensions, --layers layers, q4_0, a sparse file) is loaded by
+llama.cpp on the CPU; for every n_ctx x n_ubatch x flash attention of the grid it makes a
+context, reads the compute buffer llama.cpp logs, and prints the planner's estimate divided by
+it. (The same comparison on a GPU-typed device, per placement, is tests/test_rpc_devices.py's
+and benchmarks/bench_gpu_placement.py's.)
+
+Run: python benchmarks/bench_compute_buffer.py [--layers 2] [--ctx 512,2048] [--ubatch 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import re
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from huozi_local.core.gguf.header import read_gguf
+from huozi_local.core.planning.memory_model import MiB, ModelShape, Placement, estimate_memory
+from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
+
+COMPUTE_LINE = re.compile(r"(?P<buffer>\S+) compute buffer size\s*=\s*(?P<mib>[0-9.]+) MiB")
+
+
+@contextmanager
+def llama_log() -> Iterator[list[str]]:
+    """llama.cpp's log text while the block runs; llama-cpp-python's logger afterwards."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    def collect(_level: int, text: bytes | None, _user: object) -> None:
+        lines.append((text or b"").decode(errors="replace"))
+
+    callback = llama_cpp.llama_log_callback(collect)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def compute_buffers(model: Any, n_ctx: int, n_ubatch: int, flash_attn: bool) -> dict[str, int]:
+    """Per backend ("CPU", "RPC0", ...), the compute buffer a context of these sizes reserves."""
+    import llama_cpp
+
+    with llama_log() as lines:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ubatch, n_ubatch
+        params.flash_attn_type = 1 if flash_attn else 0
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp made no context for n_ctx {n_ctx}")
+        llama_cpp.llama_free(ctx)
+    found: dict[str, int] = {}
+    for match in COMPUTE_LINE.finditer("".join(lines)):
+        name = match["buffer"].split("[")[0]
+        found[name] = round(float(match["mib"]) * MiB)
+    return found
+
+
+def load(path: Path, n_gpu_layers: int, device_params: Any = None) -> Any:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = False  # no repacking: the mapped zeros are never read
+    if device_params is not None:
+        device_params.apply(params)
+    with llama_log():  # keep its load chatter off the table
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    return model
+
+
+def ratio_line(label: str, ratios: list[float]) -> str:
+    if not ratios:
+        return f"{label}: no data"
+    worst = max(ratios, key=lambda r: abs(r - 1))
+    return (
+        f"{label}: {len(ratios)} configurations, estimate/allocation min {min(ratios):.3f} "
+        f"max {max(ratios):.3f} mean {statistics.fmean(ratios):.3f} worst {worst:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", type=int, default=2, help="layers of the slice (2-4)")
+    parser.add_argument("--workdir", type=Path, help="where to write the sparse slice")
+    parser.add_argument("--ctx", default="512,2048,8192,16384")
+    parser.add_argument("--ubatch", default="64,128,256,512")
+    args = parser.parse_args()
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="huozi-compute-"))
+    path = write_real_shape_gguf(
+        workdir / f"huozi3-real-shape-{args.layers}l.gguf", RealShape(n_layers=args.layers)
+    )
+    shape = ModelShape.from_gguf(read_gguf(path))
+    contexts = [int(c) for c in args.ctx.split(",")]
+    ubatches = [int(u) for u in args.ubatch.split(",")]
+    print(f"real-shape huozi3 slice: {shape.n_layers} layers, CPU backend")
+    print("| n_ctx | n_ubatch | flash attn | estimate MiB | llama.cpp MiB | estimate/allocation |")
+    print("|---|---|---|---|---|---|")
+    model = load(path, 0)
+    planning, below = [], []
+    for n_ctx, n_ubatch, flash in itertools.product(contexts, ubatches, (True, False)):
+        allocated = compute_buffers(model, n_ctx, n_ubatch, flash)["CPU"]
+        estimate = estimate_memory(
+            shape,
+            Placement(0, False),
+            backend="cpu",
+            n_ctx=n_ctx,
+            n_ubatch=n_ubatch,
+            flash_attn=flash,
+        )
+        estimated = estimate.cpu.compute - shape.n_vocab * 4  # less the host output buffer
+        ratio = estimated / allocated
+        (planning if n_ctx >= 2048 else below).append(ratio)
+        print(
+            f"| {n_ctx} | {n_ubatch} | {'on' if flash else 'off'} | {estimated / MiB:.2f} "
+            f"| {allocated / MiB:.2f} | {ratio:.3f} |"
+        )
+    llama_cpp.llama_model_free(model)
+    print(ratio_line("CPU, n_ctx >= 2048 (what plans use)", planning))
+    print(ratio_line("CPU, n_ctx < 2048", below))
+
+
+if __name__ == "__main__":
+    main()

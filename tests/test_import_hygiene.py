@@ -19,7 +19,9 @@ CORE_MODULES = sorted(
 )
 
 # Data flows gguf -> planning -> fetch, and gguf -> chat; a layer never reaches up or sideways.
+# devices (ggml's device registry and RPC) sits below planning and chat, which both use it.
 FORBIDDEN_LAYERS: dict[str, set[str]] = {
+    "devices": {"gguf", "planning", "fetch", "chat", "store"},
     "gguf": {"planning", "fetch", "chat", "store"},
     "planning": {"fetch", "chat", "store"},
     "chat": {"planning", "fetch", "store"},

@@ -117,8 +117,14 @@ class LlamaEngine:
         system_prompt: str | None = huozi.DEFAULT_SYSTEM_PROMPT,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        n_cpu_moe: int = 0,
+        rpc_servers: Sequence[str] = (),
     ) -> LlamaEngine:
-        """Check the file's header, then load it (HuoziError in one line when it cannot be)."""
+        """Check the file's header, then load it (HuoziError in one line when it cannot be).
+
+        `n_cpu_moe` keeps the expert tensors of the first N layers in CPU memory;
+        `rpc_servers` ("HOST:PORT") adds those `huozi-local worker`s' devices to this machine's.
+        """
         model_path = Path(path).expanduser()
         gguf = check_model_file(model_path)
         llm = load_llama(
@@ -131,6 +137,8 @@ class LlamaEngine:
             seed=seed,
             progress=progress,
             cancel=cancel,
+            n_cpu_moe=n_cpu_moe,
+            rpc_servers=rpc_servers,
         )
         return cls(llm, model_path, gguf, system_prompt=system_prompt, seed=seed)
 

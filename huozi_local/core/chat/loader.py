@@ -1,18 +1,35 @@
 """Loading a GGUF into llama-cpp-python with a progress callback, cancel, and one-line errors.
 
-llama-cpp-python's `Llama` takes no progress argument, but llama.cpp's model params carry a
-`progress_callback` whose return value continues (True) or aborts (False) the load. `Llama`
-builds its params in `__init__` and loads right after, so `_ProgressLlama` installs the callback
-the moment `__init__` assigns `model_params`: the only hook between building and loading.
+llama-cpp-python's `Llama` takes no progress argument and leaves `devices` and
+`tensor_buft_overrides` of llama.cpp's model params unused. `Llama` builds its params in
+`__init__` and loads right after, so `_HuoziLlama` fills them the moment `__init__` assigns
+`model_params`: the only hook between building and loading. Through it come
+- the progress callback (its return value continues or aborts the load);
+- `n_cpu_moe`: the expert tensors of the first N layers stay in CPU memory (llama.cpp's
+  `--n-cpu-moe`, as {pattern, CPU buffer type} overrides);
+- RPC workers: their devices are registered with ggml and passed in `devices` (llama.cpp's
+  default device selection leaves layers on the CPU after a registration);
+- `no_alloc`: a dry run that loads only metadata and logs the buffers a real load would
+  allocate (`dry_run_buffers`).
+
+A lost RPC worker makes ggml abort the process from the RPC client's own thread. With RPC
+devices, `eval` runs in a helper thread; the abort handler parks the RPC thread for good and
+the reply gets `WorkerLost`, so the app keeps running (the model is unusable and never freed).
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from huozi_local.core.devices import ggml
+from huozi_local.core.devices.buffers import BufferReport, capture_llama_log, parse_buffers
+from huozi_local.core.devices.endpoints import Endpoint, parse_endpoint
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.gguf.header import GGUFFile, read_gguf
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress
@@ -39,6 +56,131 @@ def check_model_file(path: Path) -> GGUFFile:
     return gguf
 
 
+class WorkerLost(HuoziError):
+    """An RPC worker went away while the model was using it; the model must be reloaded."""
+
+
+def _local_offload_devices() -> list[ggml.GgmlDevice]:
+    return [d for d in ggml.list_devices() if d.kind != "cpu" and not d.is_rpc]
+
+
+def model_devices(rpc_servers: Sequence[str | Endpoint]) -> list[ggml.GgmlDevice]:
+    """The devices a load with these RPC workers offloads to: this machine's GPUs, then theirs.
+
+    Empty without RPC workers: llama.cpp then picks its own devices, as before.
+    """
+    endpoints = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in rpc_servers]
+    if not endpoints:
+        return []
+    remote = ggml.add_rpc_servers(endpoints)
+    return _local_offload_devices() + list(remote)
+
+
+def device_params(
+    n_cpu_moe: int, rpc_servers: Sequence[str | Endpoint]
+) -> tuple[ggml.ModelDeviceParams, list[ggml.GgmlDevice]]:
+    if n_cpu_moe < 0:
+        raise HuoziError(f"--cpu-moe must not be negative, got {n_cpu_moe}")
+    devices = model_devices(rpc_servers)
+    overrides: list[tuple[str, int]] = []
+    if n_cpu_moe:
+        cpu = ggml.cpu_buffer_type()
+        overrides = [(p, cpu) for p in ggml.expert_override_patterns(n_cpu_moe)]
+    return ggml.ModelDeviceParams(devices, overrides), devices
+
+
+class _WorkerWatch:
+    """Turns ggml's abort on a lost RPC connection into `WorkerLost` for the waiting reply."""
+
+    lost = threading.Event()
+    message = ""
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        cls.installed = True
+
+        def on_abort(message: str) -> None:
+            if "RPC" not in message and "connect" not in message:
+                print(message, file=sys.stderr)
+                return  # not ours: ggml aborts as it always did
+            cls.message = message.rsplit(": ", 1)[-1].strip()
+            cls.lost.set()
+            threading.Event().wait()  # park this thread for good; abort() never runs
+
+        ggml.on_ggml_abort(on_abort)
+
+
+def _build_llama_class(
+    llama_cpp: Any, callback: Any, device: ggml.ModelDeviceParams, *, no_alloc: bool, rpc: bool
+) -> Any:
+    class _HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
+        _huozi_broken = ""
+
+        @property
+        def model_params(self) -> Any:
+            return self._huozi_model_params
+
+        @model_params.setter
+        def model_params(self, params: Any) -> None:
+            params.progress_callback = callback
+            params.progress_callback_user_data = ctypes.c_void_p(0)
+            device.apply(params)
+            if no_alloc:  # with use_mmap=False: llama.cpp maps nothing in a dry run
+                params.no_alloc = True
+            self._huozi_model_params = params
+
+        def eval(self, tokens: Sequence[int]) -> None:
+            if not rpc:
+                super().eval(tokens)
+                return
+            if self._huozi_broken:
+                raise WorkerLost(self._huozi_broken)
+            failure: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    super(_HuoziLlama, self).eval(tokens)
+                except BaseException as exc:
+                    failure.append(exc)
+
+            worker = threading.Thread(target=run, name="huozi-rpc-eval", daemon=True)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.05)
+                if _WorkerWatch.lost.is_set():
+                    self._abandon()
+                    raise WorkerLost(self._huozi_broken)
+            if failure:
+                raise failure[0]
+
+        def _abandon(self) -> None:
+            """Never free this model: freeing would wait on the dead worker forever."""
+            self._huozi_broken = (
+                f"the RPC worker went away ({_WorkerWatch.message or 'connection lost'}); "
+                "reload the model to go on"
+            )
+            _ABANDONED.append(self)
+            self._stack = ExitStack()
+            for part in ("_model", "_ctx", "_batch"):
+                inner = getattr(self, part, None)
+                if inner is not None:
+                    _ABANDONED.append(inner)
+                    if hasattr(inner, "_exit_stack"):
+                        inner._exit_stack = ExitStack()
+
+        def close(self) -> None:
+            if not self._huozi_broken:
+                super().close()
+
+    return _HuoziLlama
+
+
+_ABANDONED: list[Any] = []
+
+
 def load_llama(
     path: Path,
     *,
@@ -50,8 +192,14 @@ def load_llama(
     seed: int | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
+    n_cpu_moe: int = 0,
+    rpc_servers: Sequence[str | Endpoint] = (),
+    no_alloc: bool = False,
 ) -> Llama:
-    """A llama-cpp-python `Llama` for `path`; Cancelled when `cancel` is set during the load."""
+    """A llama-cpp-python `Llama` for `path`; Cancelled when `cancel` is set during the load.
+
+    `no_alloc` builds a model that holds no weights (see `dry_run_buffers`): never run it.
+    """
     import llama_cpp
 
     if kv_cache_type not in KV_CACHE_TYPES:
@@ -59,6 +207,15 @@ def load_llama(
         raise HuoziError(f"unknown KV cache type '{kv_cache_type}' (use one of: {known})")
     cache_type = KV_CACHE_TYPES[kv_cache_type]
     reporter = ThrottledProgress(progress, "load", PROGRESS_STEPS)
+    device, devices = device_params(n_cpu_moe, rpc_servers)
+    rpc = any(d.is_rpc for d in devices)
+    if rpc:
+        if _WorkerWatch.lost.is_set():
+            raise WorkerLost(
+                "an RPC worker was lost earlier in this session: restart huozi-local to use "
+                "RPC workers again"
+            )
+        _WorkerWatch.install()
 
     def on_progress(fraction: float, _user_data: Any) -> bool:
         if cancel is not None and cancel.is_set():
@@ -70,18 +227,7 @@ def load_llama(
         return True
 
     callback = llama_cpp.llama_progress_callback(on_progress)
-
-    class _ProgressLlama(llama_cpp.Llama):  # type: ignore[misc]
-        @property
-        def model_params(self) -> Any:
-            return self._huozi_model_params
-
-        @model_params.setter
-        def model_params(self, params: Any) -> None:
-            params.progress_callback = callback
-            params.progress_callback_user_data = ctypes.c_void_p(0)
-            self._huozi_model_params = params
-
+    llama_class = _build_llama_class(llama_cpp, callback, device, no_alloc=no_alloc, rpc=rpc)
     kwargs: dict[str, Any] = {
         "n_ctx": n_ctx,
         "n_gpu_layers": n_gpu_layers,
@@ -89,17 +235,34 @@ def load_llama(
         "flash_attn": flash_attn,
         "verbose": False,
     }
+    if no_alloc:
+        kwargs["use_mmap"] = False
     if seed is not None:
         kwargs["seed"] = seed
     if cache_type != KV_CACHE_TYPES["f16"]:
         kwargs["type_k"] = cache_type
         kwargs["type_v"] = cache_type
     try:
-        llm = _ProgressLlama(str(path), **kwargs)
+        llm = llama_class(str(path), **kwargs)
     except (ValueError, RuntimeError) as exc:
         if cancel is not None and cancel.is_set():
             raise Cancelled("model load cancelled") from exc
         raise HuoziError(f"llama.cpp could not load {path.name}: {exc}") from exc
-    llm._huozi_progress_callback = callback  # type: ignore[attr-defined]  # keep it alive
+    llm._huozi_progress_callback = callback  # keep it alive
+    llm._huozi_device_params = device  # the C arrays the model points at
     reporter.update(PROGRESS_STEPS, f"loaded {path.name}", force=True)
     return llm
+
+
+def dry_run_buffers(path: Path, **load_kwargs: Any) -> BufferReport:
+    """What a load with these settings allocates on each device, without allocating it.
+
+    llama.cpp's `no_alloc` loads metadata only and reserves the compute graphs against dummy
+    buffers; its log gives each device's compute buffer, the part no formula pins down
+    (model and KV buffers read 0 here: the planner computes those exactly from the header).
+    """
+    load_kwargs = {**load_kwargs, "progress": None, "cancel": None, "no_alloc": True}
+    with capture_llama_log() as chunks:
+        llm = load_llama(path, **load_kwargs)
+        llm.close()
+    return parse_buffers("".join(chunks))

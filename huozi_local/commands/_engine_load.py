@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from huozi_local.core.chat.engine import LlamaEngine
     from huozi_local.core.chat.types import SamplingOptions
     from huozi_local.core.config import Settings
+    from huozi_local.core.planning.hardware import Machine
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +35,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="longest reply in tokens")
     parser.add_argument("--temp", type=float, help="sampling temperature (default 0.2)")
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="load even when the plan says it will not fit in memory (it may swap or be killed)",
+    )
 
 
 def add_cpu_moe_option(parser: argparse.ArgumentParser) -> None:
@@ -57,42 +67,75 @@ def _plan(
     ctx: int | None,
     gpu_layers: int | None,
     cpu_moe: int | None = None,
+    *,
+    machine: Machine | None = None,
+    force: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(load kwargs, plan as a JSON-able dict); --ctx, --gpu-layers and --cpu-moe win over the
-    settings."""
+    settings. A plan that does not fit is refused unless `force`: loading it anyway ends in
+    swapping or the OOM killer taking the machine down, which is worse than one line now."""
+    from huozi_local.core.errors import HuoziError
     from huozi_local.core.planning import hardware, planner
 
     plan = planner.plan_for_settings(
         path,
-        hardware.detect_machine(),
+        machine if machine is not None else hardware.detect_machine(),
         settings,
         n_ctx=ctx,
         n_gpu_layers=gpu_layers,
         n_cpu_moe=cpu_moe,
     )
     if not plan.fits:
-        print(
-            "huozi-local: warning: this configuration may not fit in memory: "
-            + plan.reason("shortfall"),
-            file=sys.stderr,
-        )
+        why = plan.reason("shortfall")
+        if not force:
+            raise HuoziError(
+                f"this configuration does not fit in memory ({why}): lower --ctx or "
+                "--gpu-layers, or pass --force to load it anyway"
+            )
+        print(f"huozi-local: warning: loading although it may not fit: {why}", file=sys.stderr)
     return dict(plan.load_kwargs()), dict(plan.to_dict())
 
 
-def load_engine(args: argparse.Namespace) -> tuple[LlamaEngine, dict[str, Any], Settings]:
-    """Resolve --model, plan, and load with a progress line on a terminal's stderr."""
+def check_ctx(ctx: int | None, path: Any) -> int | None:
+    """--ctx within 64 and the model's training context (never above 2^32 - 1: llama.cpp keeps
+    n_ctx in 32 bits, and a value past that wrapped around and ate memory until the machine ran
+    out)."""
+    from huozi_local.core.config import MAX_CONTEXT, MIN_CONTEXT
+    from huozi_local.core.errors import HuoziError
+    from huozi_local.core.gguf.header import read_gguf
+
+    if ctx is None:
+        return None
+    if ctx < MIN_CONTEXT:
+        raise HuoziError(f"--ctx must be at least {MIN_CONTEXT}, got {ctx}")
+    trained = read_gguf(path).context_length or MAX_CONTEXT
+    ceiling = min(trained, MAX_CONTEXT)
+    if ctx > ceiling:
+        raise HuoziError(
+            f"--ctx {ctx} is more than the model's training context ({ceiling} tokens)"
+        )
+    return ctx
+
+
+def load_engine(
+    args: argparse.Namespace, *, machine: Machine | None = None
+) -> tuple[LlamaEngine, dict[str, Any], Settings]:
+    """Resolve --model, plan, and load with a progress line on a terminal's stderr.
+
+    `machine`: the hardware to plan for (tests inject one; default: this machine's)."""
     from huozi_local.core.chat.engine import LlamaEngine
     from huozi_local.core.config import Paths, Settings
-    from huozi_local.core.errors import HuoziError
     from huozi_local.core.fetch.model_folder import resolve_local_model
 
     cpu_moe = check_cpu_moe(getattr(args, "cpu_moe", None))
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
     resolved = resolve_local_model(args.model, paths, settings.model)
-    if args.ctx is not None and args.ctx < 64:
-        raise HuoziError(f"--ctx must be at least 64, got {args.ctx}")
-    kwargs, plan = _plan(resolved.path, settings, args.ctx, args.gpu_layers, cpu_moe)
+    ctx = check_ctx(args.ctx, resolved.path)
+    force = bool(getattr(args, "force", False))
+    kwargs, plan = _plan(
+        resolved.path, settings, ctx, args.gpu_layers, cpu_moe, machine=machine, force=force
+    )
     system = args.system if args.system is not None else settings.system_prompt
     progress = _progress_printer(resolved.display_name) if sys.stderr.isatty() else None
     try:
@@ -102,6 +145,23 @@ def load_engine(args: argparse.Namespace) -> tuple[LlamaEngine, dict[str, Any], 
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
     return engine, plan, settings
+
+
+@contextmanager
+def closed_after(events: Iterator[T]) -> Iterator[Iterator[T]]:
+    """Use a reply's event stream, then close it, however the use ended.
+
+    The engine's generators hold its lock while suspended: a loop left by an exception (a
+    closed pipe, an output encoding that cannot write Chinese, Ctrl-C) kept the generator alive
+    in the traceback, and `engine.close()`, which takes the same lock, then waited forever.
+    `contextlib.closing` needs a static `close`; a `ChatBackend` only promises an iterator.
+    """
+    try:
+        yield events
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def _progress_printer(name: str) -> Any:
@@ -118,14 +178,20 @@ def _progress_printer(name: str) -> Any:
 def sampling_from(args: argparse.Namespace, settings: Settings) -> SamplingOptions:
     """Sampling options: the command line over the settings over the README's defaults."""
     from huozi_local.core.chat.types import SamplingOptions
+    from huozi_local.core.config import check_setting
     from huozi_local.core.errors import HuoziError
 
+    # The same ranges config.toml is held to (NaN included), said with the option's name.
+    for option, key in (("max_tokens", "max_tokens"), ("temp", "temperature"), ("seed", "seed")):
+        value = getattr(args, option, None)
+        if value is not None:
+            try:
+                check_setting(key, value)
+            except HuoziError as exc:
+                flag = "--" + option.replace("_", "-")
+                raise HuoziError(str(exc).replace(f"'{key}'", flag, 1)) from None
     max_tokens = args.max_tokens if args.max_tokens is not None else settings.max_tokens
-    if max_tokens < 1:
-        raise HuoziError(f"--max-tokens must be at least 1, got {max_tokens}")
     temperature = args.temp if args.temp is not None else settings.temperature
-    if temperature < 0:
-        raise HuoziError(f"--temp must not be negative, got {temperature}")
     seed = args.seed if args.seed is not None else (settings.seed if settings.seed >= 0 else None)
     return SamplingOptions(
         temperature=temperature,

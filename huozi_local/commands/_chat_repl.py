@@ -49,14 +49,18 @@ class ChatRepl:
     interactive: bool
     console: Console
     messages: list[ChatMessage] = field(default_factory=list)
+    autosave_failed: bool = False
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> ChatRepl:
         from rich.console import Console
 
         from huozi_local.commands._engine_load import load_engine, sampling_from
+        from huozi_local.commands.ask import checked_text
         from huozi_local.core.config import Paths, Settings
 
+        if args.system is not None:
+            checked_text(args.system, "--system")
         engine: LlamaEngine | RemoteBackend
         if getattr(args, "endpoint", None):
             from huozi_local.core.chat.remote_backend import RemoteBackend
@@ -82,20 +86,35 @@ class ChatRepl:
 
     # -- input ----------------------------------------------------------------------------
     def _lines(self) -> Iterator[str]:
+        from huozi_local.commands.ask import checked_text, undecodable
+        from huozi_local.core.errors import HuoziError
+
         if not self.interactive:
-            for line in sys.stdin:
-                yield line.rstrip("\n")
+            number = 0
+            try:
+                for number, line in enumerate(sys.stdin, 1):
+                    yield checked_text(line.rstrip("\n"), f"line {number} of stdin")
+            except UnicodeDecodeError as exc:
+                raise undecodable(exc, f"line {number + 1} of stdin") from None
             return
         history = self._setup_readline()
         try:
             while True:
                 try:
-                    yield input(PROMPT)
+                    typed = input(PROMPT)
+                except UnicodeDecodeError as exc:
+                    self._note(str(undecodable(exc, "that line")))
+                    continue
                 except KeyboardInterrupt:
                     print()  # Ctrl-C at the prompt clears the line; Ctrl-D leaves
+                    continue
                 except EOFError:
                     print()
                     return
+                try:
+                    yield checked_text(typed, "that line")
+                except HuoziError as exc:  # typed again at the next prompt; the chat goes on
+                    self._note(str(exc))
         finally:
             if history is not None:
                 import readline
@@ -180,7 +199,7 @@ class ChatRepl:
             self.console.print(f"[dim]{text}[/]", markup=True)
 
     def _reply(self) -> None:
-        from huozi_local.commands._engine_load import result_record
+        from huozi_local.commands._engine_load import closed_after, result_record
         from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, TextDelta
 
         cancel = threading.Event()
@@ -193,15 +212,19 @@ class ChatRepl:
             self.console.print("[bold cyan]助手>[/] ", end="")
         result: ReplyResult | None = None
         try:
-            for event in self.engine.stream_reply(self.messages, self.sampling, cancel):
-                if isinstance(event, TextDelta):
-                    if streaming:
-                        sys.stdout.write(event.text)
-                        sys.stdout.flush()
-                elif isinstance(event, ContextTrimmed):
-                    print(f"huozi-local: {event.message}", file=sys.stderr)
-                else:
-                    result = event
+            # Closed however the loop ends, so engine.close() never waits on a suspended
+            # generator's lock (a closed pipe or an unwritable character used to hang here).
+            events = self.engine.stream_reply(self.messages, self.sampling, cancel)
+            with closed_after(events):
+                for event in events:
+                    if isinstance(event, TextDelta):
+                        if streaming:
+                            sys.stdout.write(event.text)
+                            sys.stdout.flush()
+                    elif isinstance(event, ContextTrimmed):
+                        print(f"huozi-local: {event.message}", file=sys.stderr)
+                    else:
+                        result = event
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
@@ -225,10 +248,19 @@ class ChatRepl:
         tmp.replace(target)
 
     def _autosave(self) -> None:
+        """Autosave is a safety net: the chat goes on without it, but the user is told once
+        (a read-only HUOZI_HOME used to drop every autosave silently)."""
+        target = self.paths.data_dir / "chat-autosave.json"
         try:
-            self._write(self.paths.data_dir / "chat-autosave.json")
-        except OSError:
-            pass  # autosave is a safety net; the chat goes on without it
+            self._write(target)
+        except OSError as exc:
+            if not self.autosave_failed:
+                self.autosave_failed = True
+                print(
+                    f"huozi-local: cannot autosave the chat to {target}: "
+                    f"{exc.strerror or exc} (the chat goes on; /save FILE keeps it)",
+                    file=sys.stderr,
+                )
 
 
 def _stats(result: ReplyResult) -> str:

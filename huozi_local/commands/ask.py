@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from huozi_local.commands._engine_load import add_model_options
+from huozi_local.core.errors import HuoziError
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +36,6 @@ def register(subparsers: Any) -> None:
 def read_messages_file(path: Path) -> list[Any]:
     """An OpenAI-style message list from a file, or a one-line HuoziError."""
     from huozi_local.core.chat.types import ChatMessage
-    from huozi_local.core.errors import HuoziError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -57,22 +57,61 @@ def read_messages_file(path: Path) -> list[Any]:
             or not isinstance(item.get("content"), str)
         ):
             raise HuoziError(f"{path}: message {index} needs string 'role' and 'content'")
-        messages.append(ChatMessage.of(item["role"], item["content"]))
+        content = checked_text(item["content"], f"{path}: message {index}")
+        messages.append(ChatMessage.of(item["role"], content))
     return messages
+
+
+def undecodable(exc: UnicodeDecodeError, where: str) -> HuoziError:
+    """One line for input bytes that are not UTF-8 (stdin read strictly)."""
+    bad = exc.object[exc.start : exc.start + 1]
+    return HuoziError(
+        f"{where} is not valid UTF-8 text (byte {bad!r} at offset {exc.start}): "
+        "convert it to UTF-8 first"
+    )
+
+
+def checked_text(text: str, where: str) -> str:
+    """`text` if it is real Unicode; one line otherwise.
+
+    Bytes that are not UTF-8 in an argument (`ask $'caf\\xe9'`) or on stdin under a C locale
+    arrive as lone surrogates (Python's surrogateescape), and a JSON `\\udcff` escape makes one
+    too: they cannot be tokenized and ended in a traceback deep in the engine. The policy is to
+    refuse them where they come in, saying where, rather than to guess what was meant.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise HuoziError(
+            f"{where} is not valid UTF-8 text (byte {bad!r} at character {exc.start}): "
+            "convert it to UTF-8 first"
+        ) from None
+    return text
 
 
 def _question(args: argparse.Namespace) -> str | None:
     if args.text == "-" or (args.text is None and not sys.stdin.isatty()):
-        return sys.stdin.read().strip() or None
+        try:
+            piped = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise undecodable(exc, "the question on stdin") from None
+        return checked_text(piped, "the question on stdin").strip() or None
     text: str | None = args.text
-    return text
+    return None if text is None else checked_text(text, "TEXT")
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from huozi_local.commands._engine_load import load_engine, result_record, sampling_from
+    from huozi_local.commands._engine_load import (
+        closed_after,
+        load_engine,
+        result_record,
+        sampling_from,
+    )
     from huozi_local.core.chat.types import ChatMessage, ReplyResult, TextDelta
-    from huozi_local.core.errors import HuoziError
 
+    if args.system is not None:
+        checked_text(args.system, "--system")
     messages = read_messages_file(Path(args.messages)) if args.messages else []
     question = _question(args)
     if question:
@@ -87,18 +126,20 @@ def run_ask(args: argparse.Namespace) -> int:
 
     cancel = threading.Event()
     result: ReplyResult | None = None
-    events = engine.stream_reply(messages, sampling, cancel)
     try:
-        for event in events:
-            if isinstance(event, TextDelta) and not args.json:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, ReplyResult):
-                result = event
-            elif not isinstance(event, TextDelta):
-                print(f"huozi-local: {event.message}", file=sys.stderr)
+        # closed_after(): whatever ends the loop (a closed pipe, an encoding error, Ctrl-C), the
+        # generator, which holds the engine's lock while suspended, is closed before
+        # engine.close() waits on that lock; otherwise the command hung forever.
+        with closed_after(engine.stream_reply(messages, sampling, cancel)) as events:
+            for event in events:
+                if isinstance(event, TextDelta) and not args.json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, ReplyResult):
+                    result = event
+                elif not isinstance(event, TextDelta):
+                    print(f"huozi-local: {event.message}", file=sys.stderr)
     except KeyboardInterrupt:
-        getattr(events, "close", lambda: None)()  # release the engine at once
         sys.stdout.write("\n")
         raise
     finally:

@@ -20,6 +20,7 @@ from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.tui.failures import FailureLog
 from huozi_local.tui.messages import (
     BackendLoaded,
     ModelDownloaded,
@@ -67,6 +68,8 @@ class HuoziApp(App[None]):
         self.model_info = model_info
         self.options = options or AppOptions()
         self.session: ChatSession | None = None
+        self.failure_log = FailureLog.in_folder(paths.data_dir)
+        """Where screens log a worker's unexpected failure (failures.RecoveringScreen)."""
         self._owns_backend = False
         """Only a backend this app loaded is closed by it; an injected one belongs to the caller."""
 

@@ -95,9 +95,8 @@ class HuoziApp(App[None]):
             self.push_screen(screen)
 
     def open_setup(self, error: str = "") -> None:
-        if error:
-            self.notify(error, severity="error", timeout=10, markup=False)
-        self._show(SetupScreen(self.paths, self.settings, self.options))
+        """The setup screen; an `error` (a model that would not load) stays on it until acted on."""
+        self._show(SetupScreen(self.paths, self.settings, self.options, error))
 
     def load_model(self, choice: ModelChoice) -> None:
         self._show(LoadingScreen(choice, self.loader))

@@ -2,45 +2,74 @@
 
 The client registers it, llama.cpp sees a GPU-typed device "RPC0", and a tiny model is placed on
 it (layers, KV, compute), with `n_cpu_moe` keeping chosen experts in CPU memory.
+
+ggml's device registry is global and has no way to unregister, so every client runs in a child
+process: a worker registered in the test process would outlive its worker and reach every later
+test's loads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from huozi_local.core.chat.loader import dry_run_buffers, load_llama
-from huozi_local.core.devices import ggml
-from huozi_local.core.devices.buffers import capture_llama_log, device_of_buffer, parse_buffers
+from huozi_local.core.devices.buffers import device_of_buffer, parse_buffers
 from huozi_local.core.devices.endpoints import Endpoint, parse_endpoints, probe_worker
 from huozi_local.core.errors import HuoziError
 from huozi_local.testing.rpc_worker import RpcWorker, free_port
 from huozi_local.testing.tiny_model import TinyModels
 
 MiB = 1024**2
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def worker() -> Iterator[RpcWorker]:
-    with RpcWorker() as running:
-        yield running
-
-
-def _load_kwargs(worker: RpcWorker, **extra: object) -> dict[str, object]:
-    return {
-        "n_ctx": 512,
-        "n_gpu_layers": 99,
-        "n_threads": 1,
-        "flash_attn": False,
-        "kv_cache_type": "f16",
-        "seed": 1,
-        "progress": None,
-        "cancel": None,
-        "rpc_servers": [str(worker.endpoint)],
-        **extra,
+def in_child(code: str, **values: object) -> Any:
+    """Run `code` (which prints one JSON line last) in a fresh interpreter; its JSON."""
+    prelude = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+LOAD = """
+import json
+from pathlib import Path
+from huozi_local.core.chat.loader import dry_run_buffers, load_llama
+from huozi_local.core.devices.buffers import capture_llama_log, parse_buffers
+
+def load_kwargs(n_cpu_moe):
+    return dict(n_ctx=512, n_gpu_layers=99, n_threads=1, seed=1, rpc_servers=[endpoint],
+                n_cpu_moe=n_cpu_moe)
+
+def real_load(n_cpu_moe, prompt=None):
+    with capture_llama_log() as chunks:
+        llm = load_llama(Path(model), **load_kwargs(n_cpu_moe))
+    text = None
+    if prompt:
+        text = llm.create_completion(prompt, max_tokens=6, temperature=0)["choices"][0]["text"]
+    llm.close()
+    report = parse_buffers("".join(chunks))
+    return {name: d.to_dict() for name, d in report.devices.items()}, text
+"""
 
 
 def test_endpoints_parse_and_reject_in_one_line() -> None:
@@ -82,47 +111,76 @@ def test_buffer_names_map_to_devices() -> None:
     assert len(report.lines) == 3
 
 
+@pytest.fixture(scope="module")
+def worker() -> Iterator[RpcWorker]:
+    with RpcWorker() as running:
+        yield running
+
+
 def test_worker_device_registers_as_a_gpu(worker: RpcWorker) -> None:
-    devices = ggml.add_rpc_servers([worker.endpoint])
-    assert [d.kind for d in devices] == ["gpu"]
-    assert devices[0].is_rpc and devices[0].description == str(worker.endpoint)
-    assert devices[0].memory_total_bytes > 0
-    assert ggml.add_rpc_servers([worker.endpoint]) == devices  # registered once per process
-    assert devices[0] in ggml.list_devices()
+    found = in_child(
+        """
+        import json
+        from huozi_local.core.devices import ggml
+        from huozi_local.core.devices.endpoints import parse_endpoint
+        first = ggml.add_rpc_servers([parse_endpoint(endpoint)])
+        again = ggml.add_rpc_servers([parse_endpoint(endpoint)])
+        listed = ggml.list_devices()
+        print(json.dumps({
+            "kinds": [d.kind for d in first], "rpc": [d.is_rpc for d in first],
+            "description": first[0].description, "total": first[0].memory_total_bytes,
+            "once": again == first, "listed": [d.name for d in listed],
+            "registered": [d.name for d in ggml.registered_rpc_devices()],
+        }))
+        """,
+        endpoint=str(worker.endpoint),
+    )
+    assert found["kinds"] == ["gpu"] and found["rpc"] == [True]
+    assert found["description"] == str(worker.endpoint) and found["total"] > 0
+    assert found["once"]  # registered once per process, however often asked
+    assert found["listed"] == ["CPU", "RPC0"] and found["registered"] == ["RPC0"]
 
 
 def test_layers_go_to_the_worker_and_experts_stay_on_the_cpu(
     worker: RpcWorker, tiny_models: TinyModels
 ) -> None:
-    path = tiny_models.get("merged", "q4_0", "chat")
-    reports = {}
-    for n_cpu_moe in (0, 4):
-        with capture_llama_log() as chunks:
-            llm = load_llama(path, **_load_kwargs(worker, n_cpu_moe=n_cpu_moe))  # type: ignore[arg-type]
-        try:
-            text = llm.create_completion("你好", max_tokens=6, temperature=0)["choices"][0]["text"]
-        finally:
-            llm.close()
-        assert text.startswith("你好")  # the rigged model computes on the worker
-        reports[n_cpu_moe] = parse_buffers("".join(chunks))
-    on_worker, moe_on_cpu = reports[0].device("RPC0"), reports[4].device("RPC0")
-    assert on_worker.weights > 0 and on_worker.kv > 0 and on_worker.compute > 0
+    found = in_child(
+        LOAD
+        + textwrap.dedent(
+            """
+        all_on_worker, text = real_load(0, "你好")
+        experts_in_ram, _ = real_load(4)
+        print(json.dumps({"all": all_on_worker, "moe": experts_in_ram, "text": text}))
+        """
+        ),
+        endpoint=str(worker.endpoint),
+        model=str(tiny_models.get("merged", "q4_0", "chat")),
+    )
+    assert found["text"].startswith("你好")  # the rigged model computed on the worker
+    on_worker, moe_on_cpu = found["all"]["RPC0"], found["moe"]["RPC0"]
+    assert on_worker["weights"] > 0 and on_worker["kv"] > 0 and on_worker["compute"] > 0
     # 4 layers x 3 expert tensors of 8 x 256 x 512 q4_0 weights left the worker for RAM
     experts = 4 * 3 * 8 * 256 * 512 * 18 // 32
-    assert on_worker.weights - moe_on_cpu.weights == pytest.approx(experts, abs=0.02 * MiB)
-    assert moe_on_cpu.kv == on_worker.kv
+    assert on_worker["weights"] - moe_on_cpu["weights"] == pytest.approx(experts, abs=0.02 * MiB)
+    assert moe_on_cpu["kv"] == on_worker["kv"]
 
 
 def test_dry_run_predicts_the_compute_buffers_of_the_real_load(
     worker: RpcWorker, tiny_models: TinyModels
 ) -> None:
-    path = tiny_models.get("merged", "q4_0", "chat")
-    kwargs = _load_kwargs(worker, n_cpu_moe=2)
-    dry = dry_run_buffers(path, **kwargs)
-    with capture_llama_log() as chunks:
-        llm = load_llama(path, **kwargs)  # type: ignore[arg-type]
-    llm.close()
-    real = parse_buffers("".join(chunks))
-    assert dry.device("RPC0").weights == 0  # no_alloc: nothing was allocated
-    assert dry.device("RPC0").compute == real.device("RPC0").compute > 0
-    assert dry.device("CPU").compute == real.device("CPU").compute
+    found = in_child(
+        LOAD
+        + textwrap.dedent(
+            """
+        dry = dry_run_buffers(Path(model), **load_kwargs(2))
+        real, _ = real_load(2)
+        print(json.dumps({"dry": {k: d.to_dict() for k, d in dry.devices.items()}, "real": real}))
+        """
+        ),
+        endpoint=str(worker.endpoint),
+        model=str(tiny_models.get("merged", "q4_0", "chat")),
+    )
+    dry, real = found["dry"], found["real"]
+    assert dry["RPC0"]["weights"] == 0  # no_alloc: nothing was allocated
+    assert dry["RPC0"]["compute"] == real["RPC0"]["compute"] > 0
+    assert dry["CPU"]["compute"] == real["CPU"]["compute"]

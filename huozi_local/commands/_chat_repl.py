@@ -200,6 +200,7 @@ class ChatRepl:
 
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import closed_after, result_record
+        from huozi_local.core.chat.loader import WorkerLost
         from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, TextDelta
 
         cancel = threading.Event()
@@ -225,6 +226,14 @@ class ChatRepl:
                         print(f"huozi-local: {event.message}", file=sys.stderr)
                     else:
                         result = event
+        except WorkerLost as exc:
+            # An RPC worker went away mid-reply: the reply ends here with the reason, and the
+            # chat stays open so the conversation can still be saved (/save) or left (/quit).
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            print(f"huozi-local: {exc}", file=sys.stderr, flush=True)
+            self._autosave()
+            return
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)

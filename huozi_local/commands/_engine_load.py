@@ -32,6 +32,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--gpu-layers", type=int, help="layers to offload to the GPU (default: planned; -1: all)"
     )
     add_cpu_moe_option(parser)
+    add_rpc_option(parser)
     parser.add_argument("--max-tokens", type=int, help="longest reply in tokens")
     parser.add_argument("--temp", type=float, help="sampling temperature (default 0.2)")
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
@@ -51,6 +52,31 @@ def add_cpu_moe_option(parser: argparse.ArgumentParser) -> None:
         help="keep the MoE experts of the first N layers in RAM, the rest of them on the GPU "
         "(default: planned; 0: none)",
     )
+
+
+def add_rpc_option(parser: argparse.ArgumentParser) -> None:
+    """`--rpc HOST:PORT[,HOST:PORT]` (plan, ask, chat, tui, serve): other machines' GPUs."""
+    parser.add_argument(
+        "--rpc",
+        metavar="HOST:PORT[,...]",
+        help="also use the GPUs of these `huozi-local worker`s (llama.cpp RPC; needs "
+        "llama-cpp-python built with -DGGML_RPC=on)",
+    )
+
+
+def register_rpc_workers(args: argparse.Namespace) -> tuple[str, ...]:
+    """Check and register `--rpc` workers with ggml, before any planning: from then on the
+    machine's probe lists their devices (with the memory they report) and every load uses
+    them. One line when a worker is unreachable or the build lacks RPC."""
+    text = getattr(args, "rpc", None)
+    if not text:
+        return ()
+    from huozi_local.core.devices import ggml
+    from huozi_local.core.devices.endpoints import parse_endpoints
+
+    endpoints = parse_endpoints(text)
+    ggml.add_rpc_servers(endpoints)
+    return tuple(str(e) for e in endpoints)
 
 
 def check_cpu_moe(value: int | None) -> int | None:
@@ -133,9 +159,15 @@ def load_engine(
     resolved = resolve_local_model(args.model, paths, settings.model)
     ctx = check_ctx(args.ctx, resolved.path)
     force = bool(getattr(args, "force", False))
+    register_rpc_workers(args)
+    if machine is None:
+        from huozi_local.core.planning.hardware import detect_machine
+
+        machine = detect_machine()
     kwargs, plan = _plan(
         resolved.path, settings, ctx, args.gpu_layers, cpu_moe, machine=machine, force=force
     )
+    kwargs, plan = _fit(resolved.path, machine, kwargs, plan)
     system = args.system if args.system is not None else settings.system_prompt
     progress = _progress_printer(resolved.display_name) if sys.stderr.isatty() else None
     try:
@@ -145,6 +177,20 @@ def load_engine(
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
     return engine, plan, settings
+
+
+def _fit(
+    path: Any, machine: Machine, kwargs: dict[str, Any], plan: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The measured fit before a load that offloads to a GPU (core/measured_fit.py)."""
+    from huozi_local.core.measured_fit import measured_fit, needs_fit, with_fit
+
+    if not needs_fit(machine, kwargs):
+        return kwargs, plan
+    kwargs, fit = measured_fit(path, machine, kwargs)
+    if fit.adjusted or not fit.fits:
+        print(f"huozi-local: {fit.summary()}", file=sys.stderr)
+    return kwargs, with_fit(plan, fit)
 
 
 @contextmanager

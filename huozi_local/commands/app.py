@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from huozi_local.core.config import Paths, Settings
     from huozi_local.core.store.conversations import ConversationStore
     from huozi_local.tui.app import HuoziApp
-    from huozi_local.tui.options import AppOptions
 
-from huozi_local.commands._engine_load import add_cpu_moe_option, check_cpu_moe
+from huozi_local.commands._engine_load import (
+    add_cpu_moe_option,
+    add_rpc_option,
+    check_cpu_moe,
+    register_rpc_workers,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -52,7 +56,9 @@ def add_app_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
     )
     parser.add_argument("--api-key", default=default, help="API key for --endpoint")
     add_cpu_moe_option(parser)
+    add_rpc_option(parser)
     parser._option_string_actions["--cpu-moe"].default = default
+    parser._option_string_actions["--rpc"].default = default
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -64,6 +70,7 @@ def run_app(args: argparse.Namespace) -> int:
     settings = Settings.load(paths.config_file)
     if cpu_moe is not None:
         settings.cpu_moe = cpu_moe  # like --model: this run's choice, kept if settings are saved
+    register_rpc_workers(args)  # before the app plans: their devices count as this machine's GPUs
     store = ConversationStore.open(paths.database_file)
     try:
         app = _build(args, paths, settings, store)
@@ -76,13 +83,8 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def _build(
-    args: argparse.Namespace,
-    paths: Paths,
-    settings: Settings,
-    store: ConversationStore,
-    options: AppOptions | None = None,
+    args: argparse.Namespace, paths: Paths, settings: Settings, store: ConversationStore
 ) -> HuoziApp:
-    """The app the command line asks for; `options` replaces probes (tests)."""
     from huozi_local.tui.app import create_app
     from huozi_local.tui.session import ModelInfo
 
@@ -100,12 +102,7 @@ def _build(
         backend.connect()  # refused / 401 / unknown model: one line now, not inside the app
         info = ModelInfo(backend.model_name, n_ctx=backend.n_ctx, location="remote")
         return create_app(
-            settings=settings,
-            paths=paths,
-            store=store,
-            backend=backend,
-            model_info=info,
-            options=options,
+            settings=settings, paths=paths, store=store, backend=backend, model_info=info
         )
     if model:
         from huozi_local.core.fetch.model_folder import resolve_local_model
@@ -116,4 +113,4 @@ def _build(
 
             read_gguf(resolved.path)  # not GGUF, truncated: one line before the app opens
         settings.model = model
-    return create_app(settings=settings, paths=paths, store=store, options=options)
+    return create_app(settings=settings, paths=paths, store=store)

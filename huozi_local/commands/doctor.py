@@ -58,7 +58,12 @@ def run_doctor(args: argparse.Namespace) -> int:
     build = machine.build
     print(
         f"llama-cpp-python: {build.version}, GPU offload "
-        f"{'yes' if build.supports_gpu_offload else 'no'}"
+        f"{'yes' if build.supports_gpu_offload else 'no'}, RPC "
+        + (
+            "yes (huozi-local worker, --rpc HOST:PORT)"
+            if build.supports_rpc
+            else 'no (reinstall with CMAKE_ARGS="-DGGML_RPC=on" for worker and --rpc)'
+        )
     )
     for device in build.devices:
         print(

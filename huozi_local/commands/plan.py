@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from huozi_local.commands._engine_load import add_cpu_moe_option, check_cpu_moe
+from huozi_local.commands._engine_load import (
+    add_cpu_moe_option,
+    add_rpc_option,
+    check_cpu_moe,
+    register_rpc_workers,
+)
 
 if TYPE_CHECKING:
     from huozi_local.core.planning.hardware import Machine
@@ -38,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="evaluate this n_gpu_layers instead of choosing",
     )
     add_cpu_moe_option(parser)
+    add_rpc_option(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)
 
@@ -75,6 +81,20 @@ def _machine(args: argparse.Namespace) -> Machine:
     from huozi_local.core.planning.hardware import Machine, detect_machine, probe_ram
     from huozi_local.core.planning.memory_model import parse_size
 
+    if getattr(args, "rpc", None):
+        # The workers' devices as they report themselves; --vram stands in for their memory.
+        if args.backend or args.ram or args.cores:
+            raise HuoziError(
+                "--rpc plans for this machine and its workers: drop --backend/--ram/--cores"
+            )
+        register_rpc_workers(args)
+        machine = detect_machine()
+        if args.vram:
+            try:
+                machine = machine.with_rpc_memory(parse_size(args.vram))
+            except ValueError as exc:
+                raise HuoziError(str(exc)) from None
+        return machine
     what_if = args.backend or args.vram or args.ram or args.cores
     if not what_if:
         return detect_machine()

@@ -76,13 +76,22 @@ def load_local_engine(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> ChatBackend:
-    """The real engine; the system prompt comes from the conversation, not the engine default."""
+    """The real engine; the system prompt comes from the conversation, not the engine default.
+
+    A load that offloads to a GPU first runs the measured fit (core/measured_fit.py).
+    """
     from huozi_local.core.chat.engine import LlamaEngine
 
+    kwargs = choice.plan.load_kwargs()
+    if choice.plan.backend != "cpu" and choice.plan.n_gpu_layers:
+        from huozi_local.core.measured_fit import measured_fit
+        from huozi_local.core.planning.hardware import detect_machine
+
+        kwargs, _fit = measured_fit(choice.path, detect_machine(), kwargs)
     return LlamaEngine.load(
         choice.path,
         system_prompt=None,
         progress=progress,
         cancel=cancel,
-        **choice.plan.load_kwargs(),
+        **kwargs,
     )

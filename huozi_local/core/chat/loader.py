@@ -20,7 +20,6 @@ the reply gets `WorkerLost`, so the app keeps running (the model is unusable and
 from __future__ import annotations
 
 import ctypes
-import sys
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -65,14 +64,17 @@ def _local_offload_devices() -> list[ggml.GgmlDevice]:
 
 
 def model_devices(rpc_servers: Sequence[str | Endpoint]) -> list[ggml.GgmlDevice]:
-    """The devices a load with these RPC workers offloads to: this machine's GPUs, then theirs.
+    """The devices a load with RPC workers offloads to: this machine's GPUs, then theirs.
 
-    Empty without RPC workers: llama.cpp then picks its own devices, as before.
+    Workers come from `rpc_servers` and from those the process registered before (`--rpc`
+    registers them when a command starts, so planning sees their memory). Empty without any:
+    llama.cpp then picks its own devices, as before.
     """
     endpoints = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in rpc_servers]
-    if not endpoints:
+    ggml.add_rpc_servers(endpoints)
+    remote = ggml.registered_rpc_devices()
+    if not remote:
         return []
-    remote = ggml.add_rpc_servers(endpoints)
     return _local_offload_devices() + list(remote)
 
 
@@ -87,30 +89,6 @@ def device_params(
         cpu = ggml.cpu_buffer_type()
         overrides = [(p, cpu) for p in ggml.expert_override_patterns(n_cpu_moe)]
     return ggml.ModelDeviceParams(devices, overrides), devices
-
-
-class _WorkerWatch:
-    """Turns ggml's abort on a lost RPC connection into `WorkerLost` for the waiting reply."""
-
-    lost = threading.Event()
-    message = ""
-    installed = False
-
-    @classmethod
-    def install(cls) -> None:
-        if cls.installed:
-            return
-        cls.installed = True
-
-        def on_abort(message: str) -> None:
-            if "RPC" not in message and "connect" not in message:
-                print(message, file=sys.stderr)
-                return  # not ours: ggml aborts as it always did
-            cls.message = message.rsplit(": ", 1)[-1].strip()
-            cls.lost.set()
-            threading.Event().wait()  # park this thread for good; abort() never runs
-
-        ggml.on_ggml_abort(on_abort)
 
 
 def _build_llama_class(
@@ -133,34 +111,47 @@ def _build_llama_class(
             self._huozi_model_params = params
 
         def eval(self, tokens: Sequence[int]) -> None:
+            self._guarded(super().eval, tokens)
+
+        def sample(self, *args: Any, **kwargs: Any) -> Any:
+            return self._guarded(super().sample, *args, **kwargs)
+
+        def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+            """Run a call that waits on RPC devices where a lost worker cannot hang the reply.
+
+            Both evaluating and sampling synchronise with the devices; when a worker dies
+            ggml's RPC thread parks in the abort hook and the call never returns, so it runs
+            in a helper thread that is left behind.
+            """
             if not rpc:
-                super().eval(tokens)
-                return
+                return call(*args, **kwargs)
             if self._huozi_broken:
                 raise WorkerLost(self._huozi_broken)
+            outcome: list[Any] = []
             failure: list[BaseException] = []
 
             def run() -> None:
                 try:
-                    super(_HuoziLlama, self).eval(tokens)
+                    outcome.append(call(*args, **kwargs))
                 except BaseException as exc:
                     failure.append(exc)
 
-            worker = threading.Thread(target=run, name="huozi-rpc-eval", daemon=True)
-            worker.start()
-            while worker.is_alive():
-                worker.join(0.05)
-                if _WorkerWatch.lost.is_set():
+            helper = threading.Thread(target=run, name="huozi-rpc-call", daemon=True)
+            helper.start()
+            while helper.is_alive():
+                helper.join(0.05)
+                if ggml.worker_lost() is not None and helper.is_alive():
                     self._abandon()
                     raise WorkerLost(self._huozi_broken)
             if failure:
                 raise failure[0]
+            return outcome[0]
 
         def _abandon(self) -> None:
             """Never free this model: freeing would wait on the dead worker forever."""
             self._huozi_broken = (
-                f"the RPC worker went away ({_WorkerWatch.message or 'connection lost'}); "
-                "reload the model to go on"
+                f"the RPC worker went away ({ggml.worker_lost()}): this model cannot go on; "
+                "restart huozi-local to use it again"
             )
             _ABANDONED.append(self)
             self._stack = ExitStack()
@@ -186,12 +177,12 @@ def load_llama(
     *,
     n_ctx: int,
     n_gpu_layers: int,
-    n_threads: int | None,
-    flash_attn: bool,
-    kv_cache_type: str,
-    seed: int | None,
-    progress: ProgressCallback | None,
-    cancel: threading.Event | None,
+    n_threads: int | None = None,
+    flash_attn: bool = False,
+    kv_cache_type: str = "f16",
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
     n_cpu_moe: int = 0,
     rpc_servers: Sequence[str | Endpoint] = (),
     no_alloc: bool = False,
@@ -210,12 +201,12 @@ def load_llama(
     device, devices = device_params(n_cpu_moe, rpc_servers)
     rpc = any(d.is_rpc for d in devices)
     if rpc:
-        if _WorkerWatch.lost.is_set():
+        if ggml.worker_lost() is not None:
             raise WorkerLost(
                 "an RPC worker was lost earlier in this session: restart huozi-local to use "
                 "RPC workers again"
             )
-        _WorkerWatch.install()
+        ggml.watch_rpc_workers()
 
     def on_progress(fraction: float, _user_data: Any) -> bool:
         if cancel is not None and cancel.is_set():

@@ -141,9 +141,10 @@ def supports_rpc() -> bool:
 
 
 def _describe(lib: GgmlLibrary, dev: int) -> GgmlDevice:
-    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    lib.function("ggml_backend_dev_memory")(dev, ctypes.byref(free), ctypes.byref(total))
     name = lib.function("ggml_backend_dev_name")(dev) or b"?"
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    if not (name.startswith(b"RPC") and _lost.is_set()):  # a lost worker would never answer
+        lib.function("ggml_backend_dev_memory")(dev, ctypes.byref(free), ctypes.byref(total))
     description = lib.function("ggml_backend_dev_description")(dev) or b""
     kind = int(lib.function("ggml_backend_dev_type")(dev))
     return GgmlDevice(
@@ -194,6 +195,12 @@ def add_rpc_servers(endpoints: Sequence[Endpoint]) -> tuple[GgmlDevice, ...]:
                 _registered[endpoint] = tuple(_describe(lib, get(reg, i)) for i in range(count))
             devices.extend(_registered[endpoint])
     return tuple(devices)
+
+
+def registered_rpc_devices() -> tuple[GgmlDevice, ...]:
+    """Every RPC worker device this process registered (`--rpc` registers them at start)."""
+    with _register_lock:
+        return tuple(d for devices in _registered.values() for d in devices)
 
 
 def refresh(device: GgmlDevice) -> GgmlDevice:
@@ -269,6 +276,9 @@ def start_rpc_server(endpoint: Endpoint, *, n_threads: int, cache_dir: Path | No
 
 
 _abort_handler: Any = None
+_lost = threading.Event()
+_lost_reason: list[str] = []
+_watching = False
 
 
 def on_ggml_abort(handler: Callable[[str], None]) -> None:
@@ -284,3 +294,33 @@ def on_ggml_abort(handler: Callable[[str], None]) -> None:
 
     _abort_handler = ABORT_CALLBACK(call)
     ggml().function("ggml_set_abort_callback")(ctypes.cast(_abort_handler, ctypes.c_void_p))
+
+
+def watch_rpc_workers() -> None:
+    """Keep the process alive when an RPC worker goes away (installed once, on first use).
+
+    llama.cpp's RPC client aborts the process from its dispatcher thread when a worker stops
+    answering. The hook marks the loss (`worker_lost`) and parks that thread for good; whoever
+    waits on it (see chat.loader) gives up on its own. Other aborts behave as before.
+    """
+    global _watching
+    if _watching:
+        return
+    _watching = True
+
+    def on_abort(message: str) -> None:
+        if "RPC" not in message and "connect" not in message:
+            print(message, file=sys.stderr)
+            return  # not a worker: ggml aborts as it always did
+        _lost_reason.append(message.rsplit(": ", 1)[-1].strip())
+        _lost.set()
+        threading.Event().wait()  # park this thread for good; abort() never runs
+
+    on_ggml_abort(on_abort)
+
+
+def worker_lost() -> str | None:
+    """Why an RPC worker was lost in this process, or None while none was."""
+    if not _lost.is_set():
+        return None
+    return _lost_reason[0] if _lost_reason else "connection lost"

@@ -11,15 +11,11 @@ a 50 MB shared library.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-# ggml-backend.h: enum ggml_backend_dev_type (IGPU was inserted before ACCEL in 2025).
-_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +39,8 @@ class BuildDevice:
             return "rocm"
         if name.startswith("vulkan"):
             return "vulkan"
+        if name.startswith("rpc"):
+            return "rpc"
         return "cpu" if self.kind == "cpu" else name.rstrip("0123456789")
 
 
@@ -56,6 +54,7 @@ class BuildInfo:
     devices: tuple[BuildDevice, ...] = ()
     system_info: str = ""
     supports_flash_attn: bool = True
+    supports_rpc: bool = False  # built with GGML_RPC: `--rpc` and `worker` work
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -89,42 +88,20 @@ class BuildInfo:
         )
 
 
-def _ggml_library_dir(module_file: str) -> Path:
-    return Path(module_file).resolve().parent / "lib"
+def _list_devices() -> tuple[BuildDevice, ...]:
+    """ggml's device registry (core/devices), RPC workers' devices included once registered."""
+    from huozi_local.core.devices import ggml
 
-
-def _list_devices(lib_dir: Path) -> tuple[BuildDevice, ...]:
-    """Walk ggml's device registry through ctypes (the Python bindings do not wrap it)."""
-    candidates = sorted(lib_dir.glob("libggml.*")) + sorted(lib_dir.glob("ggml.dll"))
-    if not candidates:
-        raise OSError(f"no libggml in {lib_dir}")
-    lib = ctypes.CDLL(str(candidates[0]))
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = ctypes.c_char_p
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    size_p = ctypes.POINTER(ctypes.c_size_t)
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-    lib.ggml_backend_dev_memory.restype = None
-    devices = []
-    for index in range(int(lib.ggml_backend_dev_count())):
-        dev = lib.ggml_backend_dev_get(index)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append(
-            BuildDevice(
-                name=(lib.ggml_backend_dev_name(dev) or b"?").decode(errors="replace"),
-                description=(lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-                kind=_DEVICE_TYPES.get(int(lib.ggml_backend_dev_type(dev)), "unknown"),
-                memory_free_bytes=int(free.value),
-                memory_total_bytes=int(total.value),
-            )
+    return tuple(
+        BuildDevice(
+            name=d.name,
+            description=d.description,
+            kind=d.kind,
+            memory_free_bytes=d.memory_free_bytes,
+            memory_total_bytes=d.memory_total_bytes,
         )
-    return tuple(devices)
+        for d in ggml.list_devices()
+    )
 
 
 def probe_build() -> BuildInfo:
@@ -153,10 +130,16 @@ def probe_build() -> BuildInfo:
         notes.append(f"llama_print_system_info failed: {exc}")
     devices: tuple[BuildDevice, ...] = ()
     try:
-        llama_cpp.llama_backend_init()
-        devices = _list_devices(_ggml_library_dir(llama_cpp.__file__))
+        devices = _list_devices()
     except Exception as exc:
         notes.append(f"ggml device list unavailable: {exc}")
+    try:
+        from huozi_local.core.devices import ggml
+
+        rpc = ggml.supports_rpc()
+    except Exception as exc:
+        rpc = False
+        notes.append(f"RPC support unknown: {exc}")
     flash = hasattr(llama_cpp, "LLAMA_FLASH_ATTN_TYPE_ENABLED") or hasattr(
         llama_cpp.llama_context_params, "flash_attn"
     )
@@ -167,6 +150,7 @@ def probe_build() -> BuildInfo:
         devices=devices,
         system_info=system_info,
         supports_flash_attn=flash,
+        supports_rpc=rpc,
         notes=tuple(notes),
     )
 

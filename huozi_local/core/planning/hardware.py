@@ -27,7 +27,7 @@ MiB = 1024**2
 class GPU:
     index: int
     name: str
-    backend: str  # "cuda" | "metal" | "rocm"
+    backend: str  # "cuda" | "metal" | "rocm" | "rpc" (a `huozi-local worker` elsewhere)
     vram_total_bytes: int
     vram_free_bytes: int
     driver: str = "unknown"
@@ -49,20 +49,40 @@ class Machine:
 
     @property
     def planning_backend(self) -> str:
-        """The backend the planner plans for: a GPU the build can use, else the CPU."""
+        """The backend the planner plans for: a local GPU the build can use, else RPC workers'
+        devices (`--rpc`), else the CPU."""
         for gpu in self.gpus:
-            if self.build.can_use(gpu.backend):
+            if gpu.backend != "rpc" and self.build.can_use(gpu.backend):
                 return gpu.backend
-        return "cpu"
+        return "rpc" if self.rpc_gpus else "cpu"
+
+    @property
+    def rpc_gpus(self) -> tuple[GPU, ...]:
+        """Devices of `huozi-local worker`s this process registered (`--rpc`)."""
+        return tuple(g for g in self.gpus if g.backend == "rpc")
 
     @property
     def usable_gpus(self) -> tuple[GPU, ...]:
+        """The GPUs llama.cpp offloads to: this machine's, then the RPC workers'."""
         backend = self.planning_backend
-        return tuple(g for g in self.gpus if g.backend == backend)
+        local = tuple(g for g in self.gpus if g.backend == backend and backend != "rpc")
+        return local + self.rpc_gpus
+
+    def with_rpc_memory(self, vram_bytes: int) -> Machine:
+        """`--vram` with `--rpc`: plan as if each worker's device had this much free."""
+        gpus = tuple(
+            replace(g, vram_total_bytes=vram_bytes, vram_free_bytes=vram_bytes)
+            if g.backend == "rpc"
+            else g
+            for g in self.gpus
+        )
+        return replace(self, gpus=gpus)
 
     @property
     def unusable_gpus(self) -> tuple[GPU, ...]:
-        return tuple(g for g in self.gpus if not self.build.can_use(g.backend))
+        return tuple(
+            g for g in self.gpus if g.backend != "rpc" and not self.build.can_use(g.backend)
+        )
 
     @property
     def is_unified_memory(self) -> bool:
@@ -367,13 +387,14 @@ def detect_machine(
             found, probe_notes = [], [f"GPU probe failed: {exc}"]
         notes += probe_notes
         gpus += [replace(g, index=len(gpus) + i) for i, g in enumerate(found)]
-    if not gpus:
-        notes.append("no GPU found: planning for the CPU")
     try:
         build_info = build if build is not None else probe_build()
     except Exception as exc:
         build_info = BuildInfo(False, "unknown", False, notes=(f"build probe failed: {exc}",))
     notes += list(build_info.notes)
+    gpus += rpc_gpus(build_info, first_index=len(gpus))
+    if not gpus:
+        notes.append("no GPU found: planning for the CPU")
     return Machine(
         os={"Darwin": "macos", "Windows": "windows"}.get(
             platform.system(), platform.system().lower()
@@ -388,6 +409,21 @@ def detect_machine(
         build=build_info,
         notes=tuple(notes),
     )
+
+
+def rpc_gpus(build: BuildInfo, first_index: int = 0) -> list[GPU]:
+    """RPC workers' devices in the build's registry, as GPUs with the memory they report."""
+    found = [d for d in build.devices if d.backend == "rpc" and d.kind != "cpu"]
+    return [
+        GPU(
+            index=first_index + i,
+            name=f"RPC worker {d.description} ({d.name})",
+            backend="rpc",
+            vram_total_bytes=d.memory_total_bytes,
+            vram_free_bytes=d.memory_free_bytes,
+        )
+        for i, d in enumerate(found)
+    ]
 
 
 def reinstall_hint(machine: Machine) -> str | None:

@@ -275,11 +275,12 @@ def _explain(plan: Plan, machine: Machine, *, why_quant: str, shape: ModelShape)
 
 def _backend_line(plan: Plan, machine: Machine) -> str:
     if plan.backend != "cpu":
-        gpu = machine.usable_gpus[0]
-        return (
-            f"backend: {plan.backend} ({gpu.name}, {format_bytes(gpu.vram_total_bytes)}, "
-            f"{format_bytes(gpu.vram_free_bytes)} free)"
-        )
+        shown = [
+            f"{gpu.name}, {format_bytes(gpu.vram_total_bytes)}, "
+            f"{format_bytes(gpu.vram_free_bytes)} free"
+            for gpu in machine.usable_gpus
+        ]
+        return f"backend: {plan.backend} ({'; '.join(shown)})"
     if machine.unusable_gpus:
         names = ", ".join(g.name for g in machine.unusable_gpus)
         return f"backend: cpu: this llama-cpp-python build cannot use {names} (see doctor)"

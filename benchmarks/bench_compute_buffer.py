@@ -3,10 +3,14 @@
 A real-shape huozi3 slice (official dimensions, --layers layers, q4_0, a sparse file) is loaded by
 llama.cpp on the CPU; for every n_ctx x n_ubatch x flash attention of the grid it makes a
 context, reads the compute buffer llama.cpp logs, and prints the planner's estimate divided by
-it. (The same comparison on a GPU-typed device, per placement, is tests/test_rpc_devices.py's
-and benchmarks/bench_gpu_placement.py's.)
+it. With --rpc it then starts a `huozi-local worker` on 127.0.0.1 (a GPU-typed ggml device that
+is really this CPU) and, for each placement of --placements (n_gpu_layers:n_cpu_moe), asks
+llama.cpp for a dry run (`no_alloc`: nothing allocated, the compute graphs reserved) and compares
+the device's compute buffer with the plan's per-device breakdown (memory_model.device_breakdown),
+the figure that decides whether a plan fits a GPU. Weights and KV cache are exact by
+construction (header sizes); the compute buffer is the modelled part.
 
-Run: python benchmarks/bench_compute_buffer.py [--layers 2] [--ctx 512,2048] [--ubatch 512]
+Run: python benchmarks/bench_compute_buffer.py [--layers 2] [--ctx 512,2048] [--rpc]
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from huozi_local.core.gguf.header import read_gguf
-from huozi_local.core.planning.memory_model import MiB, ModelShape, Placement, estimate_memory
+from huozi_local.core.planning.memory_model import (
+    MiB,
+    ModelShape,
+    Placement,
+    device_breakdown,
+    estimate_memory,
+)
 from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
 
 COMPUTE_LINE = re.compile(r"(?P<buffer>\S+) compute buffer size\s*=\s*(?P<mib>[0-9.]+) MiB")
@@ -92,12 +102,57 @@ def ratio_line(label: str, ratios: list[float]) -> str:
     )
 
 
+def rpc_grid(path: Path, shape: ModelShape, contexts: list[int], placements: str) -> None:
+    """Device compute buffer: the plan's breakdown against a dry run on an RPC device."""
+    from huozi_local.core.chat.loader import dry_run_buffers
+    from huozi_local.testing.rpc_worker import RpcWorker
+
+    pairs = [tuple(int(x) for x in p.split(":")) for p in placements.split(",")]
+    print(f"\nRPC device (a worker on 127.0.0.1), n_ubatch 512, {shape.n_layers} layers")
+    print(
+        "| n_gpu_layers | n_cpu_moe | n_ctx | flash attn | estimate MiB | llama.cpp MiB | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    planning, below = [], []
+    with RpcWorker() as worker:
+        for (ngl, moe), n_ctx, flash in itertools.product(pairs, contexts, (True, False)):
+            report = dry_run_buffers(
+                path,
+                n_ctx=n_ctx,
+                n_gpu_layers=ngl,
+                n_threads=1,
+                flash_attn=flash,
+                kv_cache_type="f16",
+                seed=None,
+                n_cpu_moe=moe,
+                rpc_servers=[worker.endpoint],
+            )
+            allocated = next(iter(report.offload_devices().values())).compute
+            estimate = device_breakdown(
+                shape, n_gpu_layers=ngl, n_cpu_moe=moe, n_ctx=n_ctx, flash_attn=flash
+            ).compute
+            ratio = estimate / allocated
+            (planning if n_ctx >= 2048 else below).append(ratio)
+            print(
+                f"| {ngl} | {moe} | {n_ctx} | {'on' if flash else 'off'} "
+                f"| {estimate / MiB:.2f} | {allocated / MiB:.2f} | {ratio:.3f} |"
+            )
+    print(ratio_line("RPC device, n_ctx >= 2048 (what plans use)", planning))
+    print(ratio_line("RPC device, n_ctx < 2048", below))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=2, help="layers of the slice (2-4)")
     parser.add_argument("--workdir", type=Path, help="where to write the sparse slice")
     parser.add_argument("--ctx", default="512,2048,8192,16384")
     parser.add_argument("--ubatch", default="64,128,256,512")
+    parser.add_argument("--rpc", action="store_true", help="also measure an RPC device")
+    parser.add_argument(
+        "--placements",
+        default="3:0,2:0,1:0,3:1,3:2",
+        help="n_gpu_layers:n_cpu_moe pairs for --rpc (defaults fit a 2-layer slice)",
+    )
     args = parser.parse_args()
     import llama_cpp
 
@@ -134,6 +189,8 @@ def main() -> None:
     llama_cpp.llama_model_free(model)
     print(ratio_line("CPU, n_ctx >= 2048 (what plans use)", planning))
     print(ratio_line("CPU, n_ctx < 2048", below))
+    if args.rpc:
+        rpc_grid(path, shape, contexts, args.placements)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from huozi_local.core.chat.types import (
     ChatBackend,
@@ -64,12 +65,17 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    engine: ChatBackend, *, model_id: str = "huozi3-tiny", api_key: str | None = None
+    engine: ChatBackend,
+    *,
+    model_id: str = "huozi3-tiny",
+    api_key: str | None = None,
+    **app_options: Any,
 ) -> Iterator[RunningServer]:
-    """Greedy by default, so replies to unrigged prompts are repeatable too."""
+    """Greedy by default, so replies to unrigged prompts are repeatable too. `app_options` go
+    to `create_app` (CORS origins, the body limit)."""
     recording = RecordingBackend(engine)
     served = ServedModel(recording, model_id, raw_completer(engine))
-    app = create_app(served, api_key=api_key, defaults=GREEDY)
+    app = create_app(served, api_key=api_key, defaults=GREEDY, **app_options)
     server = make_server(app, log_level="warning")
     sock = bind_socket("127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

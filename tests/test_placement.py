@@ -174,3 +174,29 @@ def test_the_cpu_moe_setting_is_used_unless_the_command_line_says_otherwise(
     assert plan_for_settings(path, machine, saved).n_cpu_moe == 3
     assert plan_for_settings(path, machine, saved, n_cpu_moe=1).n_cpu_moe == 1
     assert plan_for_settings(path, machine, saved).n_gpu_layers == 5  # all 4 layers + output
+
+
+def test_the_plans_n_cpu_moe_reaches_the_engine(tiny_models: TinyModels) -> None:
+    """What the planner chose is what the engine is loaded with (CLI and app use load_kwargs)."""
+    from huozi_local.core.chat.engine import LlamaEngine
+    from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions, TextDelta
+    from huozi_local.core.config import Settings
+    from huozi_local.core.planning.planner import plan_for_settings
+    from huozi_local.testing.tiny_model import RIG_TEXT
+
+    path = tiny_models.get("merged", "f32", "chat")
+    machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
+    plan = plan_for_settings(path, machine, Settings(n_ctx=512, cpu_moe=3))
+    kwargs = plan.load_kwargs()
+    assert kwargs["n_cpu_moe"] == plan.n_cpu_moe == 3
+    engine = LlamaEngine.load(path, **kwargs)  # type: ignore[arg-type]
+    try:
+        events = list(
+            engine.stream_reply(
+                [ChatMessage("user", "你好")], SamplingOptions(temperature=0.0, max_tokens=32)
+            )
+        )
+    finally:
+        engine.close()
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == RIG_TEXT and isinstance(events[-1], ReplyResult)

@@ -152,6 +152,7 @@ def test_evaluate_plan_is_the_given_configuration() -> None:
         "n_threads",
         "flash_attn",
         "kv_cache_type",
+        "n_cpu_moe",
     }
     cpu = Machine.synthetic("cpu", 0, 64 * GiB)
     assert evaluate_plan(shape, cpu, n_gpu_layers=20, n_ctx=2048).n_gpu_layers == 0

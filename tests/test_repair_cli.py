@@ -265,3 +265,39 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tiny_models: TinyModels, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     assert file_sha256(src) == before
     assert os.listdir(src.parent) == [src.name]
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [b"my notes, not a model\n", b"GGUF\x03\x00\x00\x00" + b"\x00" * 64],
+    ids=["text-file", "truncated-gguf"],
+)
+def test_repair_output_never_overwrites_a_file_it_did_not_write(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    existing: bytes,
+) -> None:
+    """`repair X -o precious.txt` replaced whatever was there."""
+    src = _legacy_copy(tiny_models, tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(existing)
+    assert main(["repair", str(src), "-o", str(precious)]) == 2
+    assert "refusing to overwrite" in _one_line_error(capsys)
+    assert precious.read_bytes() == existing
+
+
+def test_repair_output_may_replace_its_own_earlier_output(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    src = _legacy_copy(tiny_models, tmp_path)
+    out = tmp_path / "out.gguf"
+    assert main(["repair", str(src), "-o", str(out)]) == 0
+    first = file_sha256(out)
+    assert main(["repair", str(src), "-o", str(out)]) == 0
+    assert file_sha256(out) == first
+    other_model = tmp_path / "other.gguf"  # a GGUF, but not one this repair wrote
+    other_model.write_bytes(tiny_models.get("merged", "q2_k").read_bytes())  # type: ignore[arg-type]
+    before = other_model.read_bytes()
+    assert main(["repair", str(src), "-o", str(other_model)]) == 2
+    assert other_model.read_bytes() == before

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from huozi_local.core.config import Paths, Settings
     from huozi_local.core.store.conversations import ConversationStore
     from huozi_local.tui.app import HuoziApp
+    from huozi_local.tui.options import AppOptions
 
 from huozi_local.commands._engine_load import (
     add_cpu_moe_option,
@@ -83,8 +84,13 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def _build(
-    args: argparse.Namespace, paths: Paths, settings: Settings, store: ConversationStore
+    args: argparse.Namespace,
+    paths: Paths,
+    settings: Settings,
+    store: ConversationStore,
+    options: AppOptions | None = None,
 ) -> HuoziApp:
+    """The app the command line asks for; `options` replaces probes (tests)."""
     from huozi_local.tui.app import create_app
     from huozi_local.tui.session import ModelInfo
 
@@ -102,7 +108,12 @@ def _build(
         backend.connect()  # refused / 401 / unknown model: one line now, not inside the app
         info = ModelInfo(backend.model_name, n_ctx=backend.n_ctx, location="remote")
         return create_app(
-            settings=settings, paths=paths, store=store, backend=backend, model_info=info
+            settings=settings,
+            paths=paths,
+            store=store,
+            backend=backend,
+            model_info=info,
+            options=options,
         )
     if model:
         from huozi_local.core.fetch.model_folder import resolve_local_model
@@ -113,4 +124,4 @@ def _build(
 
             read_gguf(resolved.path)  # not GGUF, truncated: one line before the app opens
         settings.model = model
-    return create_app(settings=settings, paths=paths, store=store)
+    return create_app(settings=settings, paths=paths, store=store, options=options)

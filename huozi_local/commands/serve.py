@@ -35,6 +35,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
     parser.add_argument("--model-id", help="the id /v1/models reports (default: the model's name)")
+    parser.add_argument(
+        "--cors",
+        metavar="ORIGIN",
+        action="append",
+        default=[],
+        help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API from a browser "
+        "(repeatable; default: no CORS headers, so no web page can read the answers)",
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -61,7 +69,14 @@ def run_serve(args: argparse.Namespace) -> int:
         name = args.model_id or resolve_local_model(args.model, Paths.from_env(), settings.model)
         model_id = name if isinstance(name, str) else name.display_name
         served = ServedModel(engine, model_id, raw_completer(engine))
-        app = create_app(served, api_key=args.api_key, defaults=defaults, on_shutdown=engine.close)
+        app = create_app(
+            served,
+            api_key=args.api_key,
+            defaults=defaults,
+            on_shutdown=engine.close,
+            bind_host=args.host,
+            cors_origins=args.cors,
+        )
         server = make_server(app)
         if not is_loopback(args.host) and not args.api_key:
             print(

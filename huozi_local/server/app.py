@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import hmac
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -31,6 +33,7 @@ from huozi_local.core.chat.types import (
 )
 from huozi_local.core.errors import HuoziError
 from huozi_local.server import openai_format as fmt
+from huozi_local.server.guard import DEFAULT_MAX_BODY_BYTES, HostPolicy, RequestGuard
 from huozi_local.server.queue import GenerationQueue, ServerShuttingDown
 from huozi_local.server.schemas import (
     APIError,
@@ -60,8 +63,14 @@ def create_app(
     api_key: str | None = None,
     defaults: SamplingOptions | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    bind_host: str = "127.0.0.1",
+    cors_origins: Sequence[str] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
-    """Build the app; `app.state.generation_queue` is exposed so a signal handler can cancel it."""
+    """Build the app; `app.state.generation_queue` is exposed so a signal handler can cancel it.
+
+    `bind_host` decides which Host headers are answered (see `guard`); CORS headers are sent
+    only for `cors_origins` (none by default: no web page may read the answers)."""
     generation = GenerationQueue()
     api = _Api(served, generation, api_key, defaults or SamplingOptions())
 
@@ -84,9 +93,29 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_error, APIError: _api_error},
         lifespan=lifespan,
+        middleware=_middleware(bind_host, cors_origins, max_body_bytes),
     )
     app.state.generation_queue = generation
     return app
+
+
+def _middleware(
+    bind_host: str, cors_origins: Sequence[str], max_body_bytes: int
+) -> list[Middleware]:
+    guard = Middleware(
+        RequestGuard,  # type: ignore[arg-type]  # a plain ASGI class, typed with our aliases
+        hosts=HostPolicy(bind_host),
+        max_body_bytes=max_body_bytes,
+    )
+    if not cors_origins:
+        return [guard]
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=list(cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+    return [guard, cors]
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
@@ -106,7 +135,9 @@ def _engine_error(exc: BaseException) -> APIError:
         return APIError(503, str(exc), error_type="server_error", code="shutting_down")
     if isinstance(exc, HuoziError):
         return APIError(400, str(exc))
-    return APIError(500, f"generation failed: {exc!r}", error_type="server_error")
+    # The type and message, never repr(): a repr can carry internals (paths, object ids, bytes).
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return APIError(500, f"generation failed ({detail})", error_type="server_error")
 
 
 class _Api:

@@ -20,6 +20,8 @@ from huozi_local.core.errors import HuoziError
 
 MAX_CHOICES = 8
 MAX_STOP_STRINGS = 16
+MAX_MESSAGES = 10_000
+"""More messages than any context holds: a longer request is refused before it is tokenized."""
 
 
 class APIError(Exception):
@@ -73,10 +75,22 @@ class CompletionRequest:
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for bytes that are not UTF-8, invalid or too deeply
+    nested JSON (a RecursionError was a plain-text 500), and strings holding lone surrogates
+    (`"\\udcff"` is valid JSON but not text: it failed as a 500 in the tokenizer)."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"request body is not valid UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400, "request body holds a string with a lone surrogate (\\ud800-\\udfff): not text"
+        ) from exc
+    except RecursionError as exc:
+        raise APIError(400, "request body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     return data
@@ -88,6 +102,14 @@ def parse_chat_request(body: dict[str, Any], defaults: SamplingOptions) -> ChatR
         raise APIError(400, "'messages' is a required property", param="messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
+    if len(raw_messages) > MAX_MESSAGES:
+        raise APIError(
+            400,
+            f"'messages' holds {len(raw_messages)} messages, more than the {MAX_MESSAGES} "
+            "this server accepts",
+            param="messages",
+            code="too_many_messages",
+        )
     messages = tuple(_parse_message(item, index) for index, item in enumerate(raw_messages))
     return ChatRequest(
         messages=messages,
@@ -196,7 +218,9 @@ def _message_text(content: object, where: str) -> str:
 
 
 def _type_error(name: str, expected: str, value: object) -> APIError:
-    return APIError(400, f"'{name}' must be {expected}, got {json.dumps(value)}", param=name)
+    shown = json.dumps(value, ensure_ascii=False)
+    shown = shown if len(shown) <= 80 else shown[:80] + "…"  # never echo a huge value back
+    return APIError(400, f"'{name}' must be {expected}, got {shown}", param=name)
 
 
 def _optional_bool(body: dict[str, Any], name: str, default: bool) -> bool:

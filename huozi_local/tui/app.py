@@ -20,6 +20,7 @@ from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.tui.failures import FailureLog
 from huozi_local.tui.messages import (
     BackendLoaded,
     ModelDownloaded,
@@ -67,6 +68,8 @@ class HuoziApp(App[None]):
         self.model_info = model_info
         self.options = options or AppOptions()
         self.session: ChatSession | None = None
+        self.failure_log = FailureLog.in_folder(paths.data_dir)
+        """Where screens log a worker's unexpected failure (failures.RecoveringScreen)."""
         self._owns_backend = False
         """Only a backend this app loaded is closed by it; an injected one belongs to the caller."""
 
@@ -92,9 +95,8 @@ class HuoziApp(App[None]):
             self.push_screen(screen)
 
     def open_setup(self, error: str = "") -> None:
-        if error:
-            self.notify(error, severity="error", timeout=10, markup=False)
-        self._show(SetupScreen(self.paths, self.settings, self.options))
+        """The setup screen; an `error` (a model that would not load) stays on it until acted on."""
+        self._show(SetupScreen(self.paths, self.settings, self.options, error))
 
     def load_model(self, choice: ModelChoice) -> None:
         self._show(LoadingScreen(choice, self.loader))

@@ -7,7 +7,6 @@ fits / partly on GPU / will not fit, the reason, and the disk space a download n
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from huozi_local.core.catalog import get_family
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.core.fetch.disk_space import disk_need, free_bytes
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.plan_model import Verdict
 from huozi_local.core.planning.planner import QuantOption
@@ -36,6 +36,8 @@ class SetupOption:
     n_gpu_layers: int
     n_ctx: int
     reason: str
+    needs_repair: bool = False
+    """A legacy file: its repaired copy is written before the original goes (peak disk need)."""
 
     @property
     def spec(self) -> str:
@@ -58,6 +60,11 @@ class SetupReport:
     recommended: SetupOption | None
     recommendation: str
     disk_line: str
+    free_bytes: int = 0
+    models_dir: Path = Path()
+
+    def disk_line_for(self, option: SetupOption | None) -> str:
+        return disk_line(option, self.models_dir, self.free_bytes)
 
 
 def gib(n: int) -> str:
@@ -74,7 +81,8 @@ def build_setup_report(
     from huozi_local.core.planning.planner import choose_plan, rank_quants
 
     family = get_family(family_name)
-    options = [_option(family_name, o) for o in rank_quants(family, machine)]
+    legacy = {q.quant for q in family.quants if q.needs_repair}
+    options = [_option(family_name, o, o.quant in legacy) for o in rank_quants(family, machine)]
     best = choose_plan(family, machine)
     recommended = next((o for o in options if o.quant == best.quant and o.usable), None)
     if recommended is None:
@@ -86,15 +94,36 @@ def build_setup_report(
         recommendation = "; ".join(
             r.text for r in best.reasons if r.topic in ("quant", "gpu_layers", "context")
         )
-    need = recommended.size_bytes if recommended else 0
     free = (disk_probe or _free_bytes)(paths.models_dir)
-    disk_line = f"磁盘 Disk: needs {gib(need)} in {paths.models_dir} ({gib(free)} free)"
-    if need > free:
-        disk_line += ": NOT ENOUGH SPACE"
-    return SetupReport(_hardware_lines(machine), options, recommended, recommendation, disk_line)
+    return SetupReport(
+        _hardware_lines(machine),
+        options,
+        recommended,
+        recommendation,
+        disk_line(recommended, paths.models_dir, free),
+        free,
+        paths.models_dir,
+    )
 
 
-def _option(family_name: str, option: QuantOption) -> SetupOption:
+def disk_line(option: SetupOption | None, models_dir: Path, free: int) -> str:
+    """The peak need (download plus, for a legacy file, its repaired copy) and what stays free."""
+    if option is None:
+        return f"磁盘 Disk: {gib(free)} free in {models_dir}"
+    need = disk_need(option.size_bytes, legacy=option.needs_repair, free=free)
+    parts = f"download {gib(option.size_bytes)}"
+    if option.needs_repair:
+        parts += f" + repaired copy {gib(need.repaired_copy_bytes)}"
+    line = (
+        f"磁盘 Disk: needs {gib(need.peak_bytes)} at peak ({parts}) in {models_dir}; "
+        f"{gib(free)} free"
+    )
+    if not need.fits:
+        return line + ": NOT ENOUGH SPACE"
+    return line + f", {gib(need.left_after_bytes)} left after"
+
+
+def _option(family_name: str, option: QuantOption, needs_repair: bool) -> SetupOption:
     """One row; the reason is where the layers go, or what is missing when it does not fit."""
     plan = option.plan
     reason = plan.reason("shortfall") if option.verdict == "no" else plan.reason("gpu_layers")
@@ -106,6 +135,7 @@ def _option(family_name: str, option: QuantOption) -> SetupOption:
         n_gpu_layers=option.n_gpu_layers,
         n_ctx=option.n_ctx,
         reason=reason,
+        needs_repair=needs_repair,
     )
 
 
@@ -126,10 +156,7 @@ def _hardware_lines(machine: Machine) -> list[str]:
 
 
 def _free_bytes(folder: Path) -> int:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    return free_bytes(folder)
 
 
 def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | None = None) -> str:

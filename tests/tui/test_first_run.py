@@ -58,7 +58,9 @@ async def test_first_run_downloads_repairs_loads_and_chats(
             verdicts = {o.quant: o.verdict for o in setup.report.options}
             assert verdicts == {"q4_0": "partial", "q2_k": "fits"}
             assert "all 32 layers" in setup.report.recommendation
-            assert "Disk: needs 16.2 GiB" in setup.report.disk_line
+            assert "Disk: needs 32.4 GiB at peak (download 16.2 GiB + repaired copy 16.2 GiB)" in (
+                setup.report.disk_line
+            )
 
             await pilot.press("enter")  # choose the highlighted (recommended) quant
             await wait_for(pilot, lambda: chat_ready(app), "the chat screen")

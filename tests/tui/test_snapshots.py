@@ -8,12 +8,16 @@ intended change with `pytest tests/tui/test_snapshots.py --snapshot-update`.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
+from tui_helpers import wait_for
 
 from huozi_local.core.config import Paths, Settings
+from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
@@ -45,10 +49,35 @@ def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Paths]:
     shutil.rmtree(FIXED_HOME, ignore_errors=True)
 
 
+SOURCES = (
+    DownloadSource(SourceKind.HF, "https://huggingface.co"),
+    DownloadSource(SourceKind.MIRROR, "https://hf-mirror.com"),
+    DownloadSource(SourceKind.MODELSCOPE, "https://www.modelscope.cn"),
+)
+
+
+def described_network(
+    sources: Sequence[DownloadSource],
+    cancel: threading.Event,
+    on_result: Callable[[ProbeResult], None],
+) -> list[ProbeResult]:
+    """A network like many in mainland China: the hub times out, the mirror answers."""
+    results = [
+        ProbeResult(sources[0], False, "timed out", elapsed_s=4.0),
+        ProbeResult(sources[1], True, elapsed_s=0.3),
+        ProbeResult(sources[2], True, fix="pipx inject huozi-local modelscope", elapsed_s=0.2),
+    ]
+    for result in results:
+        on_result(result)
+    return results
+
+
 def options() -> AppOptions:
     return AppOptions(
         machine_probe=lambda: Machine.synthetic("cuda", 12 * GIB, 32 * GIB, cores=8),
         disk_probe=lambda _folder: 200 * GIB,
+        sources=SOURCES,
+        source_prober=described_network,
     )
 
 
@@ -86,7 +115,11 @@ def test_chat_screen(fixed_home: Paths, tiny_models: TinyModels, snap_compare: o
 
 def test_setup_screen(fixed_home: Paths, snap_compare: object) -> None:
     app = create_app(settings=Settings(), paths=fixed_home, options=options())
-    assert snap_compare(app, terminal_size=SIZE)  # type: ignore[operator]
+
+    async def probes_in(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: getattr(app.screen, "probes_done", False), "the probes")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=probes_in)  # type: ignore[operator]
 
 
 def test_settings_screen(fixed_home: Paths, tiny_models: TinyModels, snap_compare: object) -> None:

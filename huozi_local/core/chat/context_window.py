@@ -53,14 +53,31 @@ def fit_to_context(
     n_ctx: int,
     max_tokens: int,
 ) -> FittedPrompt:
-    """Drop the oldest whole turns until the prompt and the reply reserve fit in `n_ctx`."""
+    """Drop the oldest whole turns until the prompt and the reply reserve fit in `n_ctx`.
+
+    In one pass, whatever the conversation's length: the whole prompt is tokenized once (most
+    conversations fit and stop there); when it does not fit, each turn is tokenized on its own,
+    newest first, only until the budget is spent, and the oldest turns are dropped by those
+    cumulative counts. Re-tokenizing the remainder once per dropped turn, as before, was
+    quadratic: a 2000-turn conversation held the server's only generation worker for minutes.
+    The kept prompt is tokenized once more to be exact; should a template not add up turn by
+    turn, a binary search over where to start settles it in a logarithmic number of steps.
+    """
     reserve = reply_reserve(n_ctx, max_tokens)
     head, turns = split_turns(messages)
+
+    def prompt_from(first_kept: int) -> list[int]:
+        return tokens_of([*head, *[m for turn in turns[first_kept:] for m in turn]])
+
     kept_from = 0
-    tokens = tokens_of([*head, *[m for turn in turns for m in turn]])
-    while len(tokens) + reserve > n_ctx and kept_from < len(turns) - 1:
-        kept_from += 1
-        tokens = tokens_of([*head, *[m for turn in turns[kept_from:] for m in turn]])
+    tokens = prompt_from(0)
+    if len(tokens) + reserve > n_ctx and len(turns) > 1:
+        kept_from = _first_turn_that_fits(head, turns, tokens_of, n_ctx - reserve)
+        tokens = prompt_from(kept_from)
+        if len(tokens) + reserve > n_ctx and kept_from < len(turns) - 1:
+            kept_from, tokens = _search_first_fitting(
+                kept_from + 1, len(turns) - 1, prompt_from, n_ctx - reserve
+            )
     if len(tokens) + MIN_REPLY_TOKENS > n_ctx:
         raise HuoziError(
             f"the last message is too long for the context window ({len(tokens)} prompt tokens, "
@@ -69,3 +86,43 @@ def fit_to_context(
     kept = [*head, *[m for turn in turns[kept_from:] for m in turn]]
     dropped = sum(len(turn) for turn in turns[:kept_from])
     return FittedPrompt(kept, tokens, dropped)
+
+
+def _first_turn_that_fits(
+    head: list[ChatMessage],
+    turns: list[list[ChatMessage]],
+    tokens_of: Callable[[list[ChatMessage]], list[int]],
+    budget: int,
+) -> int:
+    """The oldest turn to keep, by each turn's own token count added newest first.
+
+    A turn's count is what it adds to the bare prompt (system message and generation prompt),
+    so each tokenization is as small as the turn. The newest turn is always kept.
+    """
+    base = len(tokens_of(list(head)))
+    used = base
+    first = len(turns) - 1
+    for index in range(len(turns) - 1, -1, -1):
+        used += len(tokens_of([*head, *turns[index]])) - base
+        if used > budget and index < len(turns) - 1:
+            return index + 1
+        first = index
+    return first
+
+
+def _search_first_fitting(
+    low: int, high: int, prompt_from: Callable[[int], list[int]], budget: int
+) -> tuple[int, list[int]]:
+    """The smallest start in [low, high] whose prompt fits `budget` (else `high`), by bisection:
+    a later start never makes the prompt longer."""
+    best = high
+    best_tokens: list[int] | None = None
+    while low <= high:
+        middle = (low + high) // 2
+        tokens = prompt_from(middle)
+        if len(tokens) <= budget:
+            best, best_tokens = middle, tokens
+            high = middle - 1
+        else:
+            low = middle + 1
+    return best, best_tokens if best_tokens is not None else prompt_from(best)

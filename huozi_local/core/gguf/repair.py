@@ -285,7 +285,27 @@ def _resolve_output(src: Path, dst: Path | None) -> Path:
         raise HuoziError(f"refusing to overwrite {src}: the source is never modified, pick -o OUT")
     if not dst.parent.is_dir():
         raise HuoziError(f"cannot write {dst}: the folder {dst.parent} does not exist")
+    if (dst.exists() or dst.is_symlink()) and not _written_by_repair(dst):
+        raise HuoziError(
+            f"refusing to overwrite {dst}: it is not a GGUF file huozi-local repaired "
+            "(move it away or pick another -o OUT)"
+        )
     return dst
+
+
+def _written_by_repair(path: Path) -> bool:
+    """Whether `path` is an earlier output of this repair (safe to replace with a new one).
+
+    `repair X -o precious.txt` replaced whatever was there. Only a regular GGUF file that
+    carries the provenance keys this repair records may be overwritten.
+    """
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        existing = read_gguf(path)
+    except HuoziError:
+        return False
+    return existing.get(SOURCE_SHA256_KEY) is not None and existing.get(VERSION_KEY) is not None
 
 
 def _check_disk(folder: Path, needed: int, partial: Path) -> None:

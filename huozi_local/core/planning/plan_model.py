@@ -133,6 +133,7 @@ class Plan:
             "n_threads": self.n_threads,
             "flash_attn": self.flash_attn,
             "kv_cache_type": self.kv_cache_type,
+            "n_cpu_moe": self.n_cpu_moe,
         }
 
     def to_dict(self) -> dict[str, Any]:

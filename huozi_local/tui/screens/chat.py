@@ -19,11 +19,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer
 
 from huozi_local.core.chat.types import ContextTrimmed, ReplyResult, TextDelta
 from huozi_local.core.errors import HuoziError
+from huozi_local.tui.failures import RecoveringScreen
 from huozi_local.tui.messages import SettingsRequested
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
 from huozi_local.tui.session import ChatSession
@@ -78,7 +78,7 @@ class ReplyEnded(Message):
         self.error = error
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(RecoveringScreen):
     """Keys avoid those TextArea edits with (Ctrl+E/D/X/Y/A/K/U/W), so typing stays usual."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -209,9 +209,7 @@ class ChatScreen(Screen[None]):
         except HuoziError as exc:
             self.post_message(ReplyEnded(None, str(exc)))
             return
-        except Exception as exc:  # a bug, but the user keeps a working app and the message
-            self.post_message(ReplyEnded(None, f"{type(exc).__name__}: {exc}"))
-            return
+        # Anything else is a bug: RecoveringScreen logs it and offers Retry (worker_crashed).
         self.post_message(ReplyEnded(result))
 
     async def on_reply_text(self, _message: ReplyText) -> None:
@@ -316,7 +314,7 @@ class ChatScreen(Screen[None]):
         self._search = event.query
         await self.refresh_sidebar()
 
-    @work(exclusive=True, group="dialog")
+    @work(exclusive=True, group="dialog", exit_on_error=False)
     async def action_rename(self) -> None:
         conversation_id = self.session.conversation_id
         if conversation_id is None:
@@ -327,7 +325,7 @@ class ChatScreen(Screen[None]):
             self.session.store.rename_conversation(conversation_id, title)
             await self.refresh_sidebar()
 
-    @work(exclusive=True, group="dialog")
+    @work(exclusive=True, group="dialog", exit_on_error=False)
     async def action_delete(self) -> None:
         conversation_id = self.session.conversation_id
         if conversation_id is None or self.replying:
@@ -337,6 +335,27 @@ class ChatScreen(Screen[None]):
             self.session.store.delete_conversation(conversation_id)
             remaining = self.session.store.list_conversations()
             await self.open_conversation(remaining[0].id if remaining else None)
+
+    # -- a worker that died of something unexpected (RecoveringScreen) -----------------------
+
+    def describe_worker(self, name: str) -> str:
+        return {
+            "generate": "the reply",
+            "action_rename": "renaming the conversation",
+            "action_delete": "deleting the conversation",
+        }.get(name, name)
+
+    def worker_crashed(self, name: str) -> None:
+        if name == "generate":
+            self.post_message(ReplyEnded(None))  # the reply stops; what was sent stays saved
+
+    def retry_worker(self, name: str) -> None:
+        if name == "generate":
+            self.call_later(self.action_regenerate)
+        elif name == "action_rename":
+            self.action_rename()
+        elif name == "action_delete":
+            self.action_delete()
 
     def action_export(self, kind: str = "markdown") -> None:
         conversation_id = self.session.conversation_id

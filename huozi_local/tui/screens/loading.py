@@ -1,4 +1,9 @@
-"""Loading a model with a progress bar; Escape gives up and returns to the setup screen."""
+"""Loading a model with a progress bar; Escape gives up and returns to the setup screen.
+
+A loader that raises something unexpected (a RuntimeError from llama.cpp's bindings) used to
+leave this screen waiting forever; it is a `RecoveringScreen`: the message, the log's path,
+Retry (load again) or Back (to setup).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Center, Middle
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Label, ProgressBar
 
 from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.progress import Progress
+from huozi_local.tui.failures import RecoveringScreen
 from huozi_local.tui.messages import BackendLoaded, SetupRequested
 from huozi_local.tui.model_choice import BackendLoader, ModelChoice
 
@@ -33,7 +38,7 @@ class LoadFinished(Message):
         self.error = error
 
 
-class LoadingScreen(Screen[None]):
+class LoadingScreen(RecoveringScreen):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
     LoadingScreen Center { height: auto; }
@@ -90,3 +95,14 @@ class LoadingScreen(Screen[None]):
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
+
+    def describe_worker(self, name: str) -> str:
+        return f"loading {self.choice.label}"
+
+    def retry_worker(self, name: str) -> None:
+        self.cancel_event = threading.Event()
+        self.query_one(ProgressBar).update(progress=0)
+        self.load()
+
+    def back_from_failure(self, name: str) -> None:
+        self.post_message(SetupRequested())

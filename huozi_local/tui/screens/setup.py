@@ -1,8 +1,15 @@
-"""First run: this machine, the recommended quant and offload with the reason, then download.
+"""First run: this machine, the recommended quant, where to download from, or a file on disk.
 
-Confirming starts one worker that downloads (with resume: a cancelled download keeps its bytes),
-verifies and repairs through `core.fetch.download.download_model`; its progress reports replace each
-other in one bar (stage, bytes, speed, time left). When the file is ready the app loads it.
+The screen opens with "Download & start" focused on the recommended quant, so Enter alone gets a
+new user to a chat. Meanwhile one worker probes every download source at once (Hugging Face, a
+mirror, ModelScope) and the first that answers is preselected; Enter pressed before the probes
+are in waits for them. The download worker resumes, verifies and repairs through
+`core.fetch.download.download_model`, its progress reports replacing each other in one bar.
+
+A failure stays on screen with the reason and the ways on (retry, which resumes; another
+source; a file on disk) until the user acts. A file already on disk is imported through
+`core.fetch.adopt.import_model`. A worker that raises something unexpected is shown with the
+path of the log that holds its traceback (`RecoveringScreen`).
 """
 
 from __future__ import annotations
@@ -16,22 +23,53 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import Button, Footer, Label, OptionList, ProgressBar, Static
+from textual.widgets import (
+    Button,
+    Footer,
+    Input,
+    Label,
+    OptionList,
+    ProgressBar,
+    RadioSet,
+    Static,
+)
 from textual.widgets.option_list import Option
 
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import Cancelled, HuoziError
+from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
 from huozi_local.core.progress import Progress, Stage
+from huozi_local.tui.failures import RecoveringScreen
 from huozi_local.tui.messages import ModelDownloaded
 from huozi_local.tui.model_choice import choice_for
 from huozi_local.tui.options import AppOptions
 from huozi_local.tui.setup_plan import SetupOption, SetupReport, build_setup_report
+from huozi_local.tui.widgets.failure_panel import FailurePanel
+from huozi_local.tui.widgets.source_picker import SourcePicker
 
 STAGE_LABELS: dict[Stage, str] = {
     "download": "下载 Downloading",
     "verify": "校验 Verifying",
     "repair": "修复 Repairing",
+    "copy": "复制 Copying",
+}
+CHECKING_SOURCES = "检测下载来源 Checking the download sources first…"
+NEXT_STEPS = {
+    "download": (
+        "下一步 Next: Retry (a partial download resumes), choose another source above, "
+        "or use a .gguf file you already have (below)"
+    ),
+    "import": "下一步 Next: check the path and Retry, or download the model instead",
+}
+FAILURE_ACTIONS = [
+    ("retry", "重试 Retry"),
+    ("source", "换来源 Other source"),
+    ("file", "用本地文件 Use a file"),
+]
+WORKER_NAMES = {
+    "download": "the download",
+    "import_file": "the import of a file",
+    "probe": "checking the download sources",
 }
 
 
@@ -41,21 +79,45 @@ class SetupProgress(Message):
         self.progress = progress
 
 
-class SetupFinished(Message):
-    def __init__(self, option: SetupOption, path: Path | None, error: str = "") -> None:
+class ModelOnDisk(Message):
+    """A download or an import finished: this file is ready to load."""
+
+    def __init__(self, path: Path, spec: str, label: str, quant: str) -> None:
         super().__init__()
-        self.option = option
         self.path = path
+        self.spec = spec
+        self.label = label
+        self.quant = quant
+
+
+class WorkFailed(Message):
+    """A download or import stopped: `paused` when cancelled (the bytes are kept)."""
+
+    def __init__(self, error: str, *, paused: bool = False) -> None:
+        super().__init__()
         self.error = error
+        self.paused = paused
 
 
-class SetupScreen(Screen[None]):
+class SourceProbed(Message):
+    def __init__(self, result: ProbeResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class ProbesFinished(Message):
+    pass
+
+
+class SetupScreen(RecoveringScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel_download", "Cancel download"),
+        Binding("escape", "cancel_download", "Cancel"),
         Binding("ctrl+q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, paths: Paths, settings: Settings, options: AppOptions) -> None:
+    def __init__(
+        self, paths: Paths, settings: Settings, options: AppOptions, error: str = ""
+    ) -> None:
         super().__init__()
         self.paths = paths
         self.settings = settings
@@ -63,8 +125,15 @@ class SetupScreen(Screen[None]):
         self.report: SetupReport = build_setup_report(
             options.family, paths, settings, options.machine(), disk_probe=options.disk_probe
         )
+        self.sources = options.download_sources(settings.mirror_endpoint)
         self.cancel_event: threading.Event | None = None
+        """Set while a download or import runs; setting it stops that work."""
+        self.probe_cancel = threading.Event()
+        self.probes_done = False
+        self.start_pending = False
         self.stages_seen: list[Stage] = []
+        self.last_work = "download"
+        self.initial_error = error
 
     def compose(self) -> ComposeResult:
         report = self.report
@@ -83,12 +152,19 @@ class SetupScreen(Screen[None]):
                 id="quants",
             )
             yield Static(report.disk_line, id="disk", markup=False)
+            yield Label("下载来源 Download from", classes="section-title")
+            yield SourcePicker(self.sources, _saved_kind(self.settings.download_source))
             with Horizontal(id="setup-buttons"):
                 yield Button("下载并开始 Download & start", variant="primary", id="start")
                 yield Button("取消 Cancel", id="cancel", disabled=True)
             yield Label("", id="stage")
             yield ProgressBar(total=None, show_eta=False, id="download-progress")
             yield Label("", id="detail", classes="muted", markup=False)
+            yield FailurePanel(FAILURE_ACTIONS, id="failure")
+            yield Label("已有模型文件 Already have the .gguf file?", classes="section-title")
+            with Horizontal(id="import-row"):
+                yield Input(placeholder="/path/to/huozi3-q4_0.gguf", id="import-path")
+                yield Button("导入 Import", id="import")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -97,7 +173,44 @@ class SetupScreen(Screen[None]):
         if recommended is not None:
             quants.highlighted = quants.get_option_index(recommended.quant)
         self.query_one(ProgressBar).display = False
-        quants.focus()
+        self.query_one("#start", Button).focus()
+        self.probe()
+        if self.initial_error:
+            self._show_failure(self.initial_error)
+
+    def on_unmount(self) -> None:
+        self.probe_cancel.set()
+
+    # -- which source --------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
+    def probe(self) -> None:
+        def report(result: ProbeResult) -> None:
+            self.post_message(SourceProbed(result))
+
+        self.options.source_prober(self.sources, self.probe_cancel, report)
+        self.post_message(ProbesFinished())
+
+    def on_source_probed(self, message: SourceProbed) -> None:
+        self.query_one(SourcePicker).show_result(message.result)
+
+    def on_probes_finished(self, _message: ProbesFinished) -> None:
+        self._probes_in()
+
+    def _probes_in(self) -> None:
+        self.probes_done = True
+        self.query_one(SourcePicker).preselect()
+        if self.start_pending:
+            self.start_pending = False
+            self.start()
+
+    def _remember_source(self, source: DownloadSource) -> None:
+        """Saved with the model once it is ready, and used by `huozi-local download` too."""
+        self.settings.download_source = source.kind.value
+        if source.kind is SourceKind.MIRROR:
+            self.settings.mirror_endpoint = source.endpoint
+
+    # -- which quant ---------------------------------------------------------------------------
 
     @property
     def chosen(self) -> SetupOption | None:
@@ -106,6 +219,12 @@ class SetupScreen(Screen[None]):
             return self.report.recommended
         option_id = quants.get_option_at_index(quants.highlighted).id
         return next((o for o in self.report.options if o.quant == option_id), None)
+
+    @on(OptionList.OptionHighlighted)
+    def _quant_highlighted(self) -> None:
+        self.query_one("#disk", Static).update(self.report.disk_line_for(self.chosen))
+
+    # -- download ------------------------------------------------------------------------------
 
     @on(OptionList.OptionSelected)
     @on(Button.Pressed, "#start")
@@ -116,77 +235,182 @@ class SetupScreen(Screen[None]):
             return
         if self.cancel_event is not None:
             return
-        self.cancel_event = threading.Event()
-        self.query_one("#start", Button).disabled = True
-        self.query_one("#cancel", Button).disabled = False
-        self.query_one(ProgressBar).display = True
-        self.query_one("#stage", Label).update(f"{STAGE_LABELS['download']} {option.spec}")
-        self.download(option, self.cancel_event)
+        if not self.probes_done:
+            self.start_pending = True
+            self.query_one("#stage", Label).update(CHECKING_SOURCES)
+            return
+        source = self.query_one(SourcePicker).selected or self.sources[0]
+        self._remember_source(source)
+        self._begin("download", f"{STAGE_LABELS['download']} {option.spec} ← {source.label}")
+        assert self.cancel_event is not None
+        self.download(option, source, self.cancel_event)
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
-    def download(self, option: SetupOption, cancel: threading.Event) -> None:
+    @work(thread=True, exclusive=True, group="work", exit_on_error=False)
+    def download(
+        self, option: SetupOption, source: DownloadSource, cancel: threading.Event
+    ) -> None:
         from huozi_local.core.fetch.download import download_model
-
-        def report(progress: Progress) -> None:
-            self.post_message(SetupProgress(progress))
 
         try:
             result = download_model(
                 option.spec,
                 self.paths,
-                endpoint=self.options.endpoint,
-                progress=report,
+                source=source.protocol,
+                endpoint=source.endpoint,
+                progress=self._report,
                 cancel=cancel,
             )
         except Cancelled as exc:
-            self.post_message(SetupFinished(option, None, f"cancelled: {exc}"))
+            self.post_message(WorkFailed(f"cancelled: {exc}", paused=True))
             return
         except HuoziError as exc:
-            self.post_message(SetupFinished(option, None, str(exc)))
+            self.post_message(WorkFailed(str(exc)))
             return
-        self.post_message(SetupFinished(option, result.path))
+        self.post_message(ModelOnDisk(result.path, option.spec, option.family, option.quant))
+
+    def _report(self, progress: Progress) -> None:
+        self.post_message(SetupProgress(progress))
+
+    # -- a file on disk ------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#import-path")
+    @on(Button.Pressed, "#import")
+    def start_import(self) -> None:
+        text = self.query_one("#import-path", Input).value.strip()
+        if self.cancel_event is not None:
+            return
+        if not text:
+            self.query_one("#import-path", Input).focus()
+            self.notify("Type the path of the .gguf file first", severity="warning")
+            return
+        self._begin("import", f"导入 Importing {text}")
+        assert self.cancel_event is not None
+        self.import_file(Path(text).expanduser(), self.cancel_event)
+
+    @work(thread=True, exclusive=True, group="work", exit_on_error=False)
+    def import_file(self, path: Path, cancel: threading.Event) -> None:
+        from huozi_local.core.fetch.adopt import import_model
+
+        try:
+            result = import_model(path, self.paths, progress=self._report, cancel=cancel)
+        except Cancelled:
+            self.post_message(WorkFailed("import cancelled: nothing was added", paused=True))
+            return
+        except HuoziError as exc:
+            self.post_message(WorkFailed(str(exc)))
+            return
+        identity = result.identity
+        label = identity.family or result.path.name
+        self.post_message(ModelOnDisk(result.path, result.spec, label, identity.quant or ""))
+
+    # -- what the workers said -----------------------------------------------------------------
 
     def on_setup_progress(self, message: SetupProgress) -> None:
         progress = message.progress
         if not self.stages_seen or self.stages_seen[-1] != progress.stage:
             self.stages_seen.append(progress.stage)
-        bar = self.query_one(ProgressBar)
-        bar.update(total=progress.total, progress=progress.done)
-        stage = STAGE_LABELS.get(progress.stage, progress.stage)
-        self.query_one("#stage", Label).update(stage)
+        self.query_one(ProgressBar).update(total=progress.total, progress=progress.done)
+        self.query_one("#stage", Label).update(STAGE_LABELS.get(progress.stage, progress.stage))
         self.query_one("#detail", Label).update(progress.message)
 
-    def on_setup_finished(self, message: SetupFinished) -> None:
-        self.cancel_event = None
-        self.query_one("#start", Button).disabled = False
-        self.query_one("#cancel", Button).disabled = True
-        if message.path is None:
-            resumable = message.error.startswith("cancelled")
-            self.query_one("#stage", Label).update(
-                "已暂停 Paused: press Download to resume" if resumable else "失败 Failed"
-            )
-            self.notify(
-                message.error,
-                severity="warning" if resumable else "error",
-                timeout=10,
-                markup=False,
-            )
-            return
-        option = message.option
+    def on_model_on_disk(self, message: ModelOnDisk) -> None:
+        self._end()
         try:
             choice = choice_for(
                 message.path,
-                option.family,
-                option.quant,
+                message.label,
+                message.quant,
                 self.settings,
                 machine=self.options.machine(),
             )
         except HuoziError as exc:
-            self.notify(str(exc), severity="error", timeout=10, markup=False)
+            self._show_failure(str(exc))
             return
-        self.post_message(ModelDownloaded(choice, option.spec))
+        self.post_message(ModelDownloaded(choice, message.spec))
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        self._end()
+        if message.paused:
+            self.query_one("#stage", Label).update(
+                "已暂停 Paused: press Download to resume"
+                if self.last_work == "download"
+                else "已取消 Cancelled"
+            )
+            self.notify(message.error, severity="warning", timeout=10, markup=False)
+            return
+        self._show_failure(message.error)
+
+    def _show_failure(self, reason: str) -> None:
+        self.query_one(ProgressBar).display = False  # stopped, not pulsing
+        self.query_one("#stage", Label).update("失败 Failed")
+        self.query_one("#detail", Label).update("")
+        self.query_one(FailurePanel).show(reason, NEXT_STEPS.get(self.last_work, ""))
+
+    @on(FailurePanel.Chosen)
+    def _failure_action(self, message: FailurePanel.Chosen) -> None:
+        panel = self.query_one(FailurePanel)
+        panel.hide()
+        if message.action == "retry":
+            self.retry_worker("import_file" if self.last_work == "import" else "download")
+        elif message.action == "source":
+            self.query_one(RadioSet).focus()
+        elif message.action == "file":
+            self.query_one("#import-path", Input).focus()
+
+    # -- running or not ------------------------------------------------------------------------
+
+    def _begin(self, work_kind: str, stage: str) -> None:
+        self.last_work = work_kind
+        self.cancel_event = threading.Event()
+        self.query_one(FailurePanel).hide()
+        self.query_one("#start", Button).disabled = True
+        self.query_one("#import", Button).disabled = True
+        self.query_one("#cancel", Button).disabled = False
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
+        self.query_one("#stage", Label).update(stage)
+        self.query_one("#detail", Label).update("")
+
+    def _end(self) -> None:
+        self.cancel_event = None
+        self.query_one("#start", Button).disabled = False
+        self.query_one("#import", Button).disabled = False
+        self.query_one("#cancel", Button).disabled = True
 
     @on(Button.Pressed, "#cancel")
     def action_cancel_download(self) -> None:
         if self.cancel_event is not None:
             self.cancel_event.set()
+        elif self.start_pending:
+            self.start_pending = False
+            self.query_one("#stage", Label).update("")
+
+    # -- a worker that died of something unexpected (RecoveringScreen) ---------------------------
+
+    def describe_worker(self, name: str) -> str:
+        return WORKER_NAMES.get(name, name)
+
+    def worker_crashed(self, name: str) -> None:
+        if name == "probe":
+            self._probes_in()  # whatever answered counts; the rest stay "checking"
+            return
+        self._end()
+        self.query_one(ProgressBar).display = False
+        self.query_one("#stage", Label).update("失败 Failed")
+
+    def retry_worker(self, name: str) -> None:
+        if name == "probe":
+            self.probes_done = False
+            self.probe()
+        elif name == "import_file":
+            self.start_import()
+        else:
+            self.start()
+
+
+def _saved_kind(text: str) -> SourceKind | None:
+    try:
+        return SourceKind.parse(text) if text else None
+    except HuoziError:
+        return None

@@ -1,0 +1,163 @@
+"""What the app does when a worker raises something nobody expected: no frozen screen.
+
+A worker that dies of an exception other than the `HuoziError`s it handles used to leave its
+screen as it was: Cancel armed, Start disabled, a loading bar waiting forever. Screens mix in
+`RecoveringScreen`: Textual reports the dead worker (`exit_on_error=False`), the
+traceback goes to a rotating log file under the app's data folder (HUOZI_HOME), the screen puts
+its own controls back, and a dialog shows the message, the log's path, and Back / Retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Label
+from textual.worker import Worker, WorkerState
+
+LOG_MAX_BYTES = 1_000_000
+LOG_BACKUPS = 3
+FailureChoice = Literal["retry", "back"]
+
+
+class FailureLog:
+    """A rotating log of unexpected failures (1 MB, 3 old files kept): the details a bug report
+    needs, without ever filling a disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def in_folder(cls, data_dir: Path) -> FailureLog:
+        return cls(data_dir / "logs" / "huozi-local.log")
+
+    def record(self, where: str, error: BaseException) -> Path | None:
+        """Append the traceback; the path written, or None when even the log cannot be written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                self.path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+            )
+        except OSError:
+            return None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        record = logging.LogRecord(
+            "huozi_local.tui",
+            logging.ERROR,
+            __file__,
+            0,
+            f"unexpected error in {where}",
+            None,
+            (type(error), error, error.__traceback__),
+        )
+        try:
+            handler.emit(record)
+        finally:
+            handler.close()
+        return self.path
+
+
+@runtime_checkable
+class HasFailureLog(Protocol):
+    failure_log: FailureLog
+
+
+def describe(error: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    first = text[0][:200] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+class WorkerFailed(ModalScreen[FailureChoice]):
+    """The message, where the details are, and the two ways on. Stays until the user acts."""
+
+    DEFAULT_CSS = """
+    WorkerFailed { align: center middle; }
+    WorkerFailed > Vertical {
+        width: 80; max-width: 100%; height: auto; padding: 1 2;
+        border: thick $error; background: $surface;
+    }
+    WorkerFailed #failed-title { text-style: bold; color: $text-error; }
+    WorkerFailed Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
+    WorkerFailed Button { margin-left: 1; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "back", "Back")]
+
+    def __init__(self, where: str, message: str, log_path: Path | None) -> None:
+        super().__init__()
+        self.where = where
+        self.message = message
+        self.log_path = log_path
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"出错了 Something went wrong: {self.where}", id="failed-title")
+            yield Label(self.message, id="failed-message", markup=False)
+            details = (
+                f"详情 Details: {self.log_path}"
+                if self.log_path is not None
+                else "The details could not be written to a log file."
+            )
+            yield Label(details, id="failed-log", classes="muted", markup=False)
+            with Horizontal():
+                yield Button("重试 Retry", variant="primary", id="retry")
+                yield Button("返回 Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#retry", Button).focus()
+
+    @on(Button.Pressed, "#retry")
+    def action_retry(self) -> None:
+        self.dismiss("retry")
+
+    @on(Button.Pressed, "#back")
+    def action_back(self) -> None:
+        self.dismiss("back")
+
+
+class RecoveringScreen(Screen[None]):
+    """A screen whose workers never leave it frozen. Subclasses say what their workers are
+    (`describe_worker`), put their controls back (`worker_crashed`), and what Retry and Back do
+    (`@work` names a worker after its method)."""
+
+    last_failure: str = ""
+
+    def describe_worker(self, name: str) -> str:
+        return name or "a background task"
+
+    def worker_crashed(self, name: str) -> None:
+        """Put the screen's controls back as they are when nothing runs."""
+
+    def retry_worker(self, name: str) -> None:
+        """Run the failed work again."""
+
+    def back_from_failure(self, name: str) -> None:
+        """Leave the failed work behind (default: stay on this screen)."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is not WorkerState.ERROR or event.worker.error is None:
+            return
+        name = event.worker.name
+        error = event.worker.error
+        where = self.describe_worker(name)
+        app = self.app
+        log = app.failure_log if isinstance(app, HasFailureLog) else None
+        log_path = log.record(where, error) if log is not None else None
+        self.last_failure = describe(error)
+        self.worker_crashed(name)
+
+        def chosen(choice: FailureChoice | None) -> None:
+            if choice == "retry":
+                self.retry_worker(name)
+            else:
+                self.back_from_failure(name)
+
+        app.push_screen(WorkerFailed(where, self.last_failure, log_path), chosen)

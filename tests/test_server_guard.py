@@ -1,0 +1,242 @@
+"""The server refuses what a hostile web page or a careless client sends: cross-site requests,
+foreign Host names (DNS rebinding), huge bodies and conversations, text that is not text, and
+JSON nested past the parser's depth; each with an OpenAI-style error body, never a 500."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from api_server import RunningServer, running_server
+
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.server.app import _engine_error
+from huozi_local.server.guard import HostPolicy
+from huozi_local.server.schemas import MAX_MESSAGES
+from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
+
+pytestmark = pytest.mark.slow
+BODY_LIMIT = 64 * 1024
+ALLOWED_ORIGIN = "http://localhost:3000"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
+    loaded = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512, seed=1)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine: LlamaEngine) -> Iterator[RunningServer]:
+    with running_server(engine, max_body_bytes=BODY_LIMIT) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cors_server(engine: LlamaEngine) -> Iterator[RunningServer]:
+    with running_server(engine, cors_origins=[ALLOWED_ORIGIN]) as running:
+        yield running
+
+
+def request(
+    server: RunningServer,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    chunked: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=120)
+    try:
+        if chunked:
+            connection.putrequest(method, parts.path + path)
+            for key, value in (headers or {}).items():
+                connection.putheader(key, value)
+            connection.putheader("Transfer-Encoding", "chunked")
+            connection.endheaders()
+            try:
+                for start in range(0, len(body or b""), 16384):
+                    piece = (body or b"")[start : start + 16384]
+                    connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                connection.send(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused mid-body: the answer is already waiting
+        else:
+            connection.request(method, parts.path + path, body, headers or {})
+        response = connection.getresponse()
+        found = {key.lower(): value for key, value in response.getheaders()}
+        return response.status, found, response.read()
+    finally:
+        connection.close()
+
+
+JSON = {"Content-Type": "application/json"}
+HELLO = json.dumps({"messages": [{"role": "user", "content": "你好"}]}).encode()
+
+
+def error_of(raw: bytes) -> dict[str, object]:
+    body = json.loads(raw)
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_post_without_json_content_type_is_refused_so_pages_cannot_post_without_preflight(
+    server: RunningServer, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    status, _headers, raw = request(server, "POST", "/chat/completions", HELLO, headers)
+    assert status == 415
+    assert error_of(raw)["code"] == "unsupported_media_type"
+
+
+def test_json_content_type_with_charset_is_served(server: RunningServer) -> None:
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    status, _headers, raw = request(server, "POST", "/chat/completions", HELLO, headers)
+    assert status == 200
+    assert json.loads(raw)["choices"][0]["message"]["content"] == RIG_TEXT
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io"])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/models"), ("POST", "/chat/completions")])
+def test_foreign_host_header_is_refused_against_dns_rebinding(
+    server: RunningServer, host: str, method: str, path: str
+) -> None:
+    body = HELLO if method == "POST" else None
+    status, _headers, raw = request(server, method, path, body, {**JSON, "Host": host})
+    assert status == 400
+    assert error_of(raw)["code"] == "invalid_host"
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]", "LOCALHOST"])
+def test_localhost_names_and_the_bind_address_are_answered(
+    server: RunningServer, host: str
+) -> None:
+    port = urlsplit(server.url).port
+    status, _headers, _raw = request(server, "GET", "/models", None, {"Host": f"{host}:{port}"})
+    assert status == 200
+
+
+def test_host_policy_for_a_wildcard_bind_takes_ip_literals_but_not_names() -> None:
+    wildcard = HostPolicy("0.0.0.0")
+    assert wildcard.allows("192.168.1.20:8000") and wildcard.allows("[fe80::1]:8000")
+    assert not wildcard.allows("attacker.example:8000")
+    named = HostPolicy("myhost.lan")
+    assert named.allows("myhost.lan:8000") and named.allows("MyHost.lan.")
+    assert not named.allows("other.lan")
+
+
+def test_no_cors_headers_unless_asked(server: RunningServer) -> None:
+    origin = {"Origin": "https://evil.example"}
+    status, headers, _raw = request(server, "GET", "/models", None, origin)
+    assert status == 200 and not any(h.startswith("access-control-") for h in headers)
+    preflight = {
+        **origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    status, headers, _raw = request(server, "OPTIONS", "/chat/completions", None, preflight)
+    assert status != 200 and not any(h.startswith("access-control-") for h in headers)
+
+
+def test_cors_origin_given_is_the_only_one_answered(cors_server: RunningServer) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    status, headers, _raw = request(
+        cors_server, "OPTIONS", "/chat/completions", None, {**preflight, "Origin": ALLOWED_ORIGIN}
+    )
+    assert status == 200 and headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    status, headers, _raw = request(
+        cors_server,
+        "OPTIONS",
+        "/chat/completions",
+        None,
+        {**preflight, "Origin": "https://x.example"},
+    )
+    assert "access-control-allow-origin" not in headers
+    status, headers, _raw = request(
+        cors_server, "POST", "/chat/completions", HELLO, {**JSON, "Origin": ALLOWED_ORIGIN}
+    )
+    assert status == 200 and headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+
+def test_body_over_the_limit_is_refused_by_its_length_before_it_is_read(
+    server: RunningServer,
+) -> None:
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 * BODY_LIMIT) + b'"}]}'
+    status, _headers, raw = request(server, "POST", "/chat/completions", big, JSON)
+    assert status == 413
+    assert error_of(raw)["code"] == "request_too_large"
+
+
+def test_chunked_body_over_the_limit_is_refused_once_it_passes_it(server: RunningServer) -> None:
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 * BODY_LIMIT) + b'"}]}'
+    status, _headers, raw = request(server, "POST", "/chat/completions", big, JSON, chunked=True)
+    assert status == 413
+    assert error_of(raw)["code"] == "request_too_large"
+
+
+def test_too_many_messages_is_400_before_tokenizing(engine: LlamaEngine) -> None:
+    with running_server(engine) as server:
+        messages = [{"role": "user", "content": "嗨"}] * (MAX_MESSAGES + 1)
+        body = json.dumps({"messages": messages}).encode()
+        status, _headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+        assert status == 400
+        error = error_of(raw)
+        assert error["code"] == "too_many_messages" and error["param"] == "messages"
+        assert server.backend.conversations == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"messages": [{"role": "user", "content": "\\udcff"}]}',
+        b'{"messages": [{"role": "user", "content": "caf\\ud800e"}]}',
+        b'{"prompt": "\\udfff"}',
+    ],
+    ids=["low-surrogate", "high-surrogate", "completion-prompt"],
+)
+def test_lone_surrogate_in_content_is_400_not_500(server: RunningServer, body: bytes) -> None:
+    path = "/completions" if b"prompt" in body else "/chat/completions"
+    status, _headers, raw = request(server, "POST", path, body, JSON)
+    assert status == 400
+    assert "lone surrogate" in str(error_of(raw)["message"])
+
+
+def test_bytes_that_are_not_utf8_are_400(server: RunningServer) -> None:
+    body = b'{"messages": [{"role": "user", "content": "caf\xe9"}]}'
+    status, _headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+    assert status == 400
+    assert "not valid UTF-8" in str(error_of(raw)["message"])
+
+
+def test_deeply_nested_json_is_400_with_an_openai_body_not_a_plain_500(
+    server: RunningServer,
+) -> None:
+    body = b'{"messages": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    status, headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert "nested too deeply" in str(error_of(raw)["message"])
+
+
+def test_error_bodies_carry_no_repr() -> None:
+    error = _engine_error(ValueError("bad <thing> at 0x7f"))
+    assert error.message == "generation failed (ValueError: bad <thing> at 0x7f)"
+    assert "ValueError(" not in error.message
+    assert _engine_error(RuntimeError()).message == "generation failed (RuntimeError)"
+
+
+def test_a_type_error_does_not_echo_a_huge_value_back(server: RunningServer) -> None:
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "你好"}], "temperature": ["x" * 10_000]}
+    ).encode()
+    status, _headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+    assert status == 400 and len(raw) < 1000

@@ -148,7 +148,6 @@ def test_evaluate_plan_is_the_given_configuration() -> None:
     assert set(plan.load_kwargs()) == {
         "n_ctx",
         "n_gpu_layers",
-        "n_cpu_moe",
         "n_threads",
         "flash_attn",
         "kv_cache_type",

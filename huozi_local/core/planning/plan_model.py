@@ -129,7 +129,6 @@ class Plan:
         return {
             "n_ctx": self.n_ctx,
             "n_gpu_layers": self.n_gpu_layers,
-            "n_cpu_moe": self.n_cpu_moe,
             "n_threads": self.n_threads,
             "flash_attn": self.flash_attn,
             "kv_cache_type": self.kv_cache_type,

@@ -184,3 +184,67 @@ def test_dry_run_predicts_the_compute_buffers_of_the_real_load(
     assert dry["RPC0"]["weights"] == 0  # no_alloc: nothing was allocated
     assert dry["RPC0"]["compute"] == real["RPC0"]["compute"] > 0
     assert dry["CPU"]["compute"] == real["CPU"]["compute"]
+
+
+@pytest.fixture(scope="module")
+def real_shape_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """huozi3's official shapes, 2 layers, q4_0, sparse (no disk, nothing to download)."""
+    from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
+
+    return write_real_shape_gguf(
+        tmp_path_factory.mktemp("real-shape") / "huozi3-2l.gguf", RealShape(n_layers=2)
+    )
+
+
+def _allocations(model: Path, endpoint: Endpoint, cases: str) -> list[dict[str, Any]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "huozi_local.testing.rpc_allocation", "--model", str(model),
+         "--rpc", str(endpoint), "--placements", cases],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_device_estimate_matches_llamas_allocation_at_real_shapes(
+    worker: RpcWorker, real_shape_slice: Path
+) -> None:
+    # All on the worker but the experts; one whole layer and its experts plus the output;
+    # without flash attention (the n_ctx x n_head score matrix) at a longer context.
+    rows = _allocations(real_shape_slice, worker.endpoint, "3:2:2048:1,2:0:2048:1,3:2:4096:0")
+    for row in rows:
+        real, estimate = row["llama"], row["estimate"]
+        assert real["weights"] == pytest.approx(estimate["weights"], rel=0.001), row["case"]
+        assert real["kv"] == estimate["kv"], row["case"]
+        assert estimate["total"] == pytest.approx(real["total"], rel=0.03), row["case"]
+        assert row["fit_total"] == pytest.approx(real["total"], rel=0.001), row["case"]
+    # Moving the output and layer 1 with its experts, and layer 0's attention back: llama.cpp
+    # moved exactly what the plan moved.
+    moved = rows[1]["llama"]["weights"] - rows[0]["llama"]["weights"]
+    planned = rows[1]["estimate"]["weights"] - rows[0]["estimate"]["weights"]
+    assert moved == pytest.approx(planned, rel=0.001)
+    assert moved > 3 * 8 * 4096 * 14336 * 18 // 32 * 0.9  # mostly layer 1's experts
+
+
+def test_the_planned_placement_stays_under_the_budget_on_the_worker(
+    worker: RpcWorker, real_shape_slice: Path, huozi_home: Path
+) -> None:
+    env = {**os.environ, "HUOZI_HOME": str(huozi_home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "huozi_local", "plan", "--model", str(real_shape_slice),
+         "--rpc", str(worker.endpoint), "--vram", "1GiB", "--ctx", "2048", "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["fits"] and plan["backend"] == "rpc"
+    assert plan["n_gpu_layers"] == plan["n_layers"] + 1 and plan["n_cpu_moe"] > 0  # MoE placement
+    case = f"{plan['n_gpu_layers']}:{plan['n_cpu_moe']}:{plan['n_ctx']}:{int(plan['flash_attn'])}"
+    (row,) = _allocations(real_shape_slice, worker.endpoint, case)
+    allocated = row["llama"]["total"]
+    assert allocated <= plan["vram_budget_bytes"]
+    assert plan["breakdown"]["gpu"]["total"] == pytest.approx(allocated, rel=0.03)

@@ -1,4 +1,5 @@
-"""Settings: the system prompt, sampling, context and GPU layers, and the model/quant in use.
+"""Settings: the system prompt, sampling, context and GPU layers, the model/quant in use, and
+where models download from.
 
 The planner's memory estimate is recomputed on every change to the context length or GPU layers,
 so the person sees what a choice costs before they apply it.
@@ -31,6 +32,13 @@ NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("n_ctx", "上下文长度 Context length (0 = automatic)", int),
     ("n_gpu_layers", "GPU 层数 GPU layers (-1 = automatic)", int),
 )
+
+
+SOURCE_CHOICES: list[tuple[str, str]] = [
+    ("Hugging Face (huggingface.co)", "hf"),
+    ("Hugging Face mirror 镜像", "mirror"),
+    ("ModelScope 魔搭", "modelscope"),
+]
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
@@ -70,10 +78,19 @@ class SettingsScreen(ModalScreen[Settings | None]):
             yield Label("模型 Model / quant")
             yield Select(
                 models,
-                value=self.settings.model if models else Select.BLANK,
+                value=self.settings.model if models else Select.NULL,
                 allow_blank=not models,
                 id="model",
             )
+            yield Label("下载来源 Download from (setup and `huozi-local download`)")
+            yield Select(
+                SOURCE_CHOICES,
+                value=self.settings.download_source or Select.NULL,
+                prompt="自动 Automatic (probe in setup)",
+                id="download_source",
+            )
+            yield Label("镜像 Mirror (for the mirror source; empty: https://hf-mirror.com)")
+            yield Input(self.settings.mirror_endpoint, id="mirror_endpoint")
             yield Static("", id="estimate", classes="muted")
             with Horizontal():
                 yield Button("Save", variant="primary", id="save")
@@ -94,10 +111,18 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 self.query_one("#estimate", Static).update(Content(message))
                 return None
         model = self.query_one("#model", Select).value
+        source = self.query_one("#download_source", Select).value
+        mirror = self.query_one("#mirror_endpoint", Input).value.strip().rstrip("/")
+        if mirror and not mirror.startswith(("http://", "https://")):
+            message = f"Mirror: '{mirror}' must start with https:// (or http://)"
+            self.query_one("#estimate", Static).update(Content(message))
+            return None
         changed = replace(
             self.settings,
             model=model if isinstance(model, str) else self.settings.model,
             system_prompt=self.query_one("#system_prompt", TextArea).text,
+            download_source=source if isinstance(source, str) else "",
+            mirror_endpoint=mirror,
         )
         for name, value in numbers.items():
             setattr(changed, name, value)

@@ -7,7 +7,12 @@ from typing import Any, TextIO
 
 from huozi_local.core.progress import Progress
 
-_LABELS = {"download": "downloading", "verify": "verifying", "repair": "repairing"}
+_LABELS = {
+    "download": "downloading",
+    "verify": "verifying",
+    "repair": "repairing",
+    "copy": "copying",
+}
 
 
 class ProgressBar:

@@ -39,6 +39,7 @@ _STATE_STYLE = {
     "verified": "green",
     "repaired": "green",
     "partial": "yellow",
+    "imported": "green",
     "unverified": "yellow",
     "missing": "dim",
 }
@@ -70,4 +71,7 @@ def _print_table(states: list[Any]) -> None:
             Text(fits, style=_FITS_STYLE.get(fits, "")),
         )
     Console().print(table)
-    print("download one with: huozi-local download FAMILY[:QUANT]")
+    print(
+        "download one with: huozi-local download FAMILY[:QUANT]; "
+        "use a file you have with: huozi-local import FILE.gguf"
+    )

@@ -38,17 +38,14 @@ _size_p = ctypes.POINTER(ctypes.c_size_t)
 _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "ggml_backend_dev_count": ([], ctypes.c_size_t),
     "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
-    "ggml_backend_dev_by_name": ([ctypes.c_char_p], ctypes.c_void_p),
     "ggml_backend_dev_name": ([ctypes.c_void_p], ctypes.c_char_p),
     "ggml_backend_dev_description": ([ctypes.c_void_p], ctypes.c_char_p),
     "ggml_backend_dev_type": ([ctypes.c_void_p], ctypes.c_int),
     "ggml_backend_dev_memory": ([ctypes.c_void_p, _size_p, _size_p], None),
-    "ggml_backend_dev_buffer_type": ([ctypes.c_void_p], ctypes.c_void_p),
     "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
     "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
     "ggml_backend_register": ([ctypes.c_void_p], None),
     "ggml_backend_cpu_buffer_type": ([], ctypes.c_void_p),
-    "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
     "ggml_backend_rpc_add_server": ([ctypes.c_char_p], ctypes.c_void_p),
     "ggml_backend_rpc_start_server": (
         [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p],
@@ -203,22 +200,8 @@ def registered_rpc_devices() -> tuple[GgmlDevice, ...]:
         return tuple(d for devices in _registered.values() for d in devices)
 
 
-def refresh(device: GgmlDevice) -> GgmlDevice:
-    """The device's current free/total memory (an RPC call for RPC devices)."""
-    return _describe(ggml(), device.handle)
-
-
 def cpu_buffer_type() -> int:
     return int(ggml().function("ggml_backend_cpu_buffer_type")())
-
-
-def device_buffer_type(device: GgmlDevice) -> int:
-    return int(ggml().function("ggml_backend_dev_buffer_type")(device.handle))
-
-
-def buffer_type_name(buft: int) -> str:
-    raw = ggml().function("ggml_backend_buft_name")(buft) or b""
-    return str(raw.decode(errors="replace"))
 
 
 class ModelDeviceParams:

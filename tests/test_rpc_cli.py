@@ -119,6 +119,8 @@ def test_unreachable_workers_and_bad_addresses_are_one_line(
     for args, message in (
         (("ask", "你好", "--model", model, "--rpc", f"127.0.0.1:{port}"), "no RPC worker answers"),
         (("plan", "--model", model, "--rpc", "nowhere"), "is not an RPC worker address"),
+        (("tui", "--rpc", f"127.0.0.1:{port}"), "no RPC worker answers"),  # before the app opens
+        (("serve", "--model", model, "--rpc", f"127.0.0.1:{port}"), "no RPC worker answers"),
         (("plan", "--model", model, "--rpc", "127.0.0.1:1", "--backend", "cuda"), "drop --backend"),
     ):
         done = cli(*args, home=huozi_home)

@@ -183,11 +183,11 @@ def _fit(
     path: Any, machine: Machine, kwargs: dict[str, Any], plan: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The measured fit before a load that offloads to a GPU (core/measured_fit.py)."""
-    from huozi_local.core.measured_fit import measured_fit, needs_fit, with_fit
+    from huozi_local.core.measured_fit import fit_before_load, with_fit
 
-    if not needs_fit(machine, kwargs):
+    kwargs, fit = fit_before_load(path, machine, kwargs)
+    if fit is None:
         return kwargs, plan
-    kwargs, fit = measured_fit(path, machine, kwargs)
     if fit.adjusted or not fit.fits:
         print(f"huozi-local: {fit.summary()}", file=sys.stderr)
     return kwargs, with_fit(plan, fit)

@@ -113,6 +113,23 @@ def _smaller(plan: Plan, is_moe: bool) -> tuple[int, int] | None:
     return None
 
 
+def fit_before_load(
+    path: Path, machine: Machine, load_kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], FitReport | None]:
+    """`measured_fit` when the load needs one and llama.cpp can dry-run; else the options as
+    they are (None). A dry run that fails leaves the plan as it was: the real load then says
+    what is wrong in its own words."""
+    from huozi_local.core.chat.loader import supports_dry_run
+    from huozi_local.core.errors import HuoziError
+
+    if not needs_fit(machine, load_kwargs) or not supports_dry_run():
+        return load_kwargs, None
+    try:
+        return measured_fit(path, machine, load_kwargs)
+    except HuoziError:
+        return load_kwargs, None
+
+
 def measured_fit(
     path: Path, machine: Machine, load_kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], FitReport]:
@@ -170,4 +187,4 @@ def with_fit(plan_dict: dict[str, Any], fit: FitReport) -> dict[str, Any]:
     }
 
 
-__all__ = ["FitReport", "measured_fit", "needs_fit", "with_fit"]
+__all__ = ["FitReport", "fit_before_load", "measured_fit", "needs_fit", "with_fit"]

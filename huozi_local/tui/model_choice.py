@@ -84,10 +84,10 @@ def load_local_engine(
 
     kwargs = choice.plan.load_kwargs()
     if choice.plan.backend != "cpu" and choice.plan.n_gpu_layers:
-        from huozi_local.core.measured_fit import measured_fit
+        from huozi_local.core.measured_fit import fit_before_load
         from huozi_local.core.planning.hardware import detect_machine
 
-        kwargs, _fit = measured_fit(choice.path, detect_machine(), kwargs)
+        kwargs, _fit = fit_before_load(choice.path, detect_machine(), kwargs)
     return LlamaEngine.load(
         choice.path,
         system_prompt=None,

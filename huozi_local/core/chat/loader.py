@@ -245,13 +245,27 @@ def load_llama(
     return llm
 
 
+class DryRunUnsupported(HuoziError):
+    """This llama.cpp has no `no_alloc` (before late 2025): a dry run would be a real load."""
+
+
+def supports_dry_run() -> bool:
+    import llama_cpp
+
+    return any(name == "no_alloc" for name, *_ in llama_cpp.llama_model_params._fields_)
+
+
 def dry_run_buffers(path: Path, **load_kwargs: Any) -> BufferReport:
     """What a load with these settings allocates on each device, without allocating it.
 
     llama.cpp's `no_alloc` loads metadata only and reserves the compute graphs against dummy
     buffers; its log gives each device's compute buffer, the part no formula pins down
     (model and KV buffers read 0 here: the planner computes those exactly from the header).
+    DryRunUnsupported on a llama.cpp without `no_alloc`: setting the missing field would be
+    ignored silently and the "dry run" would load the whole model.
     """
+    if not supports_dry_run():
+        raise DryRunUnsupported("this llama-cpp-python has no no_alloc dry run")
     load_kwargs = {**load_kwargs, "progress": None, "cancel": None, "no_alloc": True}
     with capture_llama_log() as chunks:
         llm = load_llama(path, **load_kwargs)

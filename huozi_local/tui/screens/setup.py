@@ -22,7 +22,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.message import Message
 from textual.widgets import (
     Button,
     Footer,
@@ -43,6 +42,13 @@ from huozi_local.tui.failures import RecoveringScreen
 from huozi_local.tui.messages import ModelDownloaded
 from huozi_local.tui.model_choice import choice_for
 from huozi_local.tui.options import AppOptions
+from huozi_local.tui.screens.setup_messages import (
+    ModelOnDisk,
+    ProbesFinished,
+    SetupProgress,
+    SourceProbed,
+    WorkFailed,
+)
 from huozi_local.tui.setup_plan import SetupOption, SetupReport, build_setup_report
 from huozi_local.tui.widgets.failure_panel import FailurePanel
 from huozi_local.tui.widgets.source_picker import SourcePicker
@@ -71,42 +77,6 @@ WORKER_NAMES = {
     "import_file": "the import of a file",
     "probe": "checking the download sources",
 }
-
-
-class SetupProgress(Message):
-    def __init__(self, progress: Progress) -> None:
-        super().__init__()
-        self.progress = progress
-
-
-class ModelOnDisk(Message):
-    """A download or an import finished: this file is ready to load."""
-
-    def __init__(self, path: Path, spec: str, label: str, quant: str) -> None:
-        super().__init__()
-        self.path = path
-        self.spec = spec
-        self.label = label
-        self.quant = quant
-
-
-class WorkFailed(Message):
-    """A download or import stopped: `paused` when cancelled (the bytes are kept)."""
-
-    def __init__(self, error: str, *, paused: bool = False) -> None:
-        super().__init__()
-        self.error = error
-        self.paused = paused
-
-
-class SourceProbed(Message):
-    def __init__(self, result: ProbeResult) -> None:
-        super().__init__()
-        self.result = result
-
-
-class ProbesFinished(Message):
-    pass
 
 
 class SetupScreen(RecoveringScreen):

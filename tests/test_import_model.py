@@ -103,7 +103,7 @@ def test_the_official_file_is_recognised_by_its_sha256(
     src = tiny_models.get("split", "q4_0")
     # Pretend the manifest publishes this tiny file's sha256, as it does the real q4_0's.
     official = sha256_of(src)
-    monkeypatch.setattr(adopt, "_known_sha", lambda identity: official)
+    monkeypatch.setattr(adopt, "_known_sha", lambda identity, paths: official)
     stages: list[str] = []
 
     result = import_model(src, paths, progress=lambda p: stages.append(p.stage))
@@ -242,3 +242,25 @@ def test_a_damaged_header_is_refused_before_anything_is_written(
     with pytest.raises(GGUFError, match="version"):
         import_model(src, paths)
     assert not paths.models_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_file_the_cached_hub_listing_names_counts_as_downloaded(
+    paths: Paths, tiny_models: TinyModels
+) -> None:
+    """q2_k has no sha256 in the manifest; the hub's listing, cached by an earlier `models` or
+    `download`, names it, and then `download` finds the imported file instead of fetching it."""
+    from huozi_local.core.fetch.download import download_model
+    from huozi_local.core.fetch.hub import RemoteFile, RepoListing, save_listing
+
+    src = tiny_models.get("split", "q2_k")
+    repo = "HIT-SCIR/huozi3-gguf"
+    entry = RemoteFile(repo, "huozi3-q2_k.gguf", src.stat().st_size, sha256_of(src))
+    save_listing(paths, RepoListing(repo, "hf", "main", (entry,), 0.0))
+
+    result = import_model(src, paths)
+
+    assert result.identity.official and result.spec == "huozi3:q2_k"
+    assert read_sidecar(result.path)["state"] == "repaired"
+    again = download_model("huozi3:q2_k", paths, offline=True)
+    assert again.already_present and again.path == result.path

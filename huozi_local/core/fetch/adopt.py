@@ -30,6 +30,7 @@ from typing import Any
 from huozi_local.core.catalog import ModelFamily, get_family, load_families
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError, NotEnoughDisk
+from huozi_local.core.fetch import hub
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
     imported_model_path,
@@ -105,7 +106,7 @@ def import_model(
     try:
         if needs_repair:
             sha, changes = _repair(gguf, staging, progress, cancel)
-            identity = _confirm(identity, sha)
+            identity = _confirm(identity, sha, paths)
             method = "repaired"
         else:
             sha = gguf.get(_provenance_key())
@@ -173,15 +174,29 @@ def _manifest_sha(family: ModelFamily, quant: str | None) -> str | None:
     return next((q.sha256 for q in family.quants if q.quant == quant and q.sha256), None)
 
 
-def _known_sha(identity: Identity) -> str | None:
+def _known_sha(identity: Identity, paths: Paths) -> str | None:
+    """The published sha256 of this family quant: the manifest's, else a cached hub listing's
+    (what the last `models` or `download` learned), so an official file is recognised offline."""
     if identity.family is None:
         return None
-    return _manifest_sha(get_family(identity.family), identity.quant)
+    family = get_family(identity.family)
+    manifest = _manifest_sha(family, identity.quant)
+    if manifest is not None:
+        return manifest
+    entry = next((q for q in family.quants if q.quant == identity.quant), None)
+    if entry is None:
+        return None
+    for repo_id, source in ((family.repo_id, "hf"), (family.modelscope_id, "modelscope")):
+        listing = hub.load_cached_listing(paths, repo_id, source) if repo_id else None
+        remote = listing.file(entry.filename) if listing is not None else None
+        if remote is not None and remote.sha256:
+            return remote.sha256
+    return None
 
 
-def _confirm(identity: Identity, sha: str) -> Identity:
-    """After the one read of the file: is it the official file the manifest names?"""
-    expected = _known_sha(identity)
+def _confirm(identity: Identity, sha: str, paths: Paths) -> Identity:
+    """After the one read of the file: is it the official file the manifest (or hub) names?"""
+    expected = _known_sha(identity, paths)
     if expected is None:
         return identity
     if sha == expected:

@@ -24,6 +24,7 @@ from huozi_local.core.fetch.model_folder import (
     imported_model_path,
     read_sidecar,
     resolve_local_model,
+    write_sidecar,
 )
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.gguf.repair import repair_gguf
@@ -131,6 +132,12 @@ def test_a_merged_file_on_the_same_disk_is_linked_not_copied(
     assert result.path.stat().st_ino == merged.stat().st_ino
     assert fingerprint(merged) == before and merged.exists()
     assert leftovers(paths) == []
+
+    # A downloaded model, imported from where it lies, is left as it is (its record too).
+    downloaded = {"source": "hf", "state": "verified", "sha256": "0" * 64}
+    write_sidecar(result.path, downloaded)
+    again = import_model(result.path, paths)
+    assert again.method == "already imported" and read_sidecar(result.path) == downloaded
 
 
 def test_a_file_of_another_model_keeps_its_name_and_becomes_usable(

@@ -96,7 +96,7 @@ def import_model(
     origin = _Origin(str(source.resolve()), source.stat())  # before a move takes it away
     needs_repair = _needs_repair(gguf)
     final = destination(paths, source, identity)
-    earlier = _earlier_import(source, final)
+    earlier = _earlier_import(source, final, identity)
     if earlier is not None:
         return ImportResult(final, _spec_for(identity, final), earlier, "already imported")
     staging = paths.models_dir / STAGING_DIR / final.name
@@ -235,7 +235,7 @@ def _spec_for(identity: Identity, final: Path) -> str:
     return str(final)
 
 
-def _earlier_import(source: Path, final: Path) -> Identity | None:
+def _earlier_import(source: Path, final: Path, identity_now: Identity) -> Identity | None:
     """The identity recorded when this very file (same path, size, mtime) was imported before,
     or the file already in place is the source itself (linked or moved)."""
     if not final.exists():
@@ -251,6 +251,8 @@ def _earlier_import(source: Path, final: Path) -> Identity | None:
         and record.get("source_size") == stat.st_size
         and record.get("source_mtime_ns") == stat.st_mtime_ns
     )
+    if same and record.get("source") != "import":
+        return identity_now  # a model already in place (downloaded): leave its record alone
     if not (same or unchanged) or record.get("source") != "import":
         return None
     return Identity(

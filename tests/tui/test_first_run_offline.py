@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,11 @@ from tui_helpers import chat_ready, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub_server import closed_port_url, running_hub
+from hub_server import FakeHub, closed_port_url, running_hub
 
 from huozi_local.core.chat.types import ChatBackend, ChatMessage, ReplyEvent, SamplingOptions
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.fetch.model_folder import family_model_path
+from huozi_local.core.fetch.model_folder import family_model_path, partial_download_path
 from huozi_local.core.fetch.sources import DownloadSource, SourceKind
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
@@ -106,6 +107,51 @@ async def test_unreachable_hub_keeps_the_reason_and_next_steps_on_screen(
         await pilot.click("#failure-file")  # "use a file on disk" takes the user there
         assert not panel.showing
         assert setup.query_one("#import-path", Input).has_focus
+
+
+@dataclass
+class FlakyHub(FakeHub):
+    """Sends the first `first_slice` bytes of the file, then drops every connection at once
+    while `down` (the transfer's retries make no progress and it gives up)."""
+
+    first_slice: int = 1 << 20
+    down: bool = True
+    _served_first: bool = False
+
+    def take_cut(self) -> int | None:
+        if not self._served_first:
+            self._served_first = True
+            return self.first_slice
+        return 0 if self.down else None
+
+
+@pytest.mark.slow
+async def test_retry_after_a_failed_download_resumes_the_partial_file(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    legacy = tiny_models.get("split", "q4_0", rig="chat")
+    paths = Paths.from_env()
+    part = partial_download_path(paths, "hf", HUOZI_REPO, "huozi3-q2_k.gguf")
+    hub = FlakyHub()
+    with running_hub(hub):
+        hub.add_file(HUOZI_REPO, "huozi3-q2_k.gguf", legacy)
+        options = AppOptions(machine_probe=gaming_gpu, endpoint=hub.hub_url)
+        app = create_app(settings=Settings(temperature=0.0), options=options)
+        async with app.run_test(size=(110, 50)) as pilot:
+            setup = await setup_screen(app, pilot)
+            await pilot.press("enter")
+            panel = setup.query_one(FailurePanel)
+            await wait_for(pilot, lambda: panel.showing, "the download to give up")
+            assert "run the command again to resume" in panel.reason
+            kept = part.stat().st_size
+            assert 0 < kept <= hub.first_slice < legacy.stat().st_size
+
+            hub.down = False  # the network is back
+            await pilot.press("enter")  # Retry has the focus
+            await chat_once(app, pilot)
+    last = hub.requests_for("GET", "/lfs/")[-1]
+    assert (last.range, last.status) == (f"bytes={kept}-", 206)
+    assert last.body_bytes == legacy.stat().st_size - kept
 
 
 @pytest.mark.slow

@@ -354,3 +354,29 @@ async def test_a_reply_that_dies_is_shown_and_retry_answers(
         await wait_for(pilot, lambda: chat.replies_finished == 2, "the retried reply")
         assert [v.text for v in chat.message_views()] == ["你好", RIG_TEXT]
     assert backend.calls == 2
+
+
+@pytest.mark.slow
+async def test_modelscope_reachable_enter_alone_gets_to_a_chat(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    from modelscope_server import running_modelscope
+
+    legacy = tiny_models.get("split", "q4_0", rig="chat")
+    with running_modelscope() as site:
+        site.add_file(HUOZI_REPO, "huozi3-q2_k.gguf", legacy)
+        sources = (
+            DownloadSource(SourceKind.HF, closed_port_url()),
+            DownloadSource(SourceKind.MIRROR, UNRESOLVABLE),
+            DownloadSource(SourceKind.MODELSCOPE, site.hub_url),
+        )
+        options = AppOptions(machine_probe=gaming_gpu, sources=sources)
+        app = create_app(settings=Settings(temperature=0.0), options=options)
+        async with app.run_test(size=(110, 50)) as pilot:
+            setup = await setup_screen(app, pilot)
+            await wait_for(pilot, lambda: setup.probes_done, "the probes")
+            await pilot.press("enter")
+            await chat_once(app, pilot)
+        assert site.requests_for("GET", "/lfs/")  # the bytes came from ModelScope's CDN
+    saved = Settings.load(Paths.from_env().config_file)
+    assert (saved.model, saved.download_source) == ("huozi3:q2_k", "modelscope")

@@ -248,3 +248,15 @@ def test_the_planned_placement_stays_under_the_budget_on_the_worker(
     allocated = row["llama"]["total"]
     assert allocated <= plan["vram_budget_bytes"]
     assert plan["breakdown"]["gpu"]["total"] == pytest.approx(allocated, rel=0.03)
+
+
+def test_a_worker_with_a_cache_keeps_large_tensors_for_the_next_load(
+    real_shape_slice: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "tensor-cache"
+    with RpcWorker(cache=cache) as cached:
+        # The output alone on the worker: output.weight is 131 MB, over the 10 MiB hash limit.
+        first, second = _allocations(real_shape_slice, cached.endpoint, "1:0:2048:1,1:0:2048:1")
+    assert first["llama"] == second["llama"] and first["llama"]["weights"] > 100 * MiB
+    kept = list(cache.iterdir())
+    assert kept and all(f.stat().st_size > 10 * MiB for f in kept)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +25,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50052, help="port (default 50052)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        type=Path,
+        help="keep the large tensors clients send in DIR: the next load of the same model sends "
+        "their hashes instead of gigabytes over the network",
+    )
     parser.set_defaults(handler=run_worker)
 
 
@@ -60,11 +68,19 @@ def run_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     threads = args.threads or _physical_cores()
+    cache = args.cache.expanduser().resolve() if args.cache is not None else None
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HuoziError(
+                f"cannot use {cache} as the tensor cache: {exc.strerror or exc}"
+            ) from None
     failure: list[BaseException] = []
 
     def serve() -> None:
         try:
-            ggml.start_rpc_server(endpoint, n_threads=threads)
+            ggml.start_rpc_server(endpoint, n_threads=threads, cache_dir=cache)
         except BaseException as exc:
             failure.append(exc)
 

@@ -29,10 +29,13 @@ def free_port() -> int:
 class RpcWorker:
     """`python -m huozi_local worker` in a subprocess; a context manager that stops it."""
 
-    def __init__(self, *, threads: int = 1, log: Path | None = None) -> None:
+    def __init__(
+        self, *, threads: int = 1, log: Path | None = None, cache: Path | None = None
+    ) -> None:
         self.endpoint = Endpoint("127.0.0.1", free_port())
         self._threads = threads
         self._log = log
+        self._cache = cache
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> RpcWorker:
@@ -52,6 +55,7 @@ class RpcWorker:
                 str(self.endpoint.port),
                 "--threads",
                 str(self._threads),
+                *(["--cache", str(self._cache)] if self._cache else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,

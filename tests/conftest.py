@@ -8,9 +8,25 @@ from pathlib import Path
 
 import pytest
 
+from huozi_local.core.planning import hardware
+from huozi_local.core.planning.hardware import GiB, Machine
 from huozi_local.testing.tiny_model import TinyModels
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+TEST_MACHINE = Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
+"""The machine every command and screen plans for in tests: a laptop without a usable GPU
+(21 GiB of RAM available, two cores). Tests that need another one describe it themselves."""
+
+
+@pytest.fixture(autouse=True)
+def described_machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
+    """Plans never depend on the machine running the tests (a GPU, a Mac, free RAM that moves).
+
+    The probes themselves are tested in test_hardware.py with injected fakes.
+    """
+    monkeypatch.setattr(hardware, "detect_machine", lambda **_: TEST_MACHINE)
+    return TEST_MACHINE
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from huozi_local.core.fetch.download import download_model
 from huozi_local.core.fetch.hub import RemoteFile, RepoListing
 from huozi_local.core.fetch.model_folder import family_model_path, partial_download_path
 from huozi_local.core.fetch.targets import family_with_listing, resolve_target
-from huozi_local.core.planning.hardware import Machine, detect_machine
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.planner import choose_plan, rank_quants
 from huozi_local.testing.tiny_model import TinyModels
 
@@ -42,12 +42,9 @@ def by_spec(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture
-def machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
-    """One real reading of this machine, used by the command and the test alike: free RAM moves
-    between two readings on a shared machine, and a verdict near a boundary would flip."""
-    reading = detect_machine()
-    monkeypatch.setattr("huozi_local.core.planning.hardware.detect_machine", lambda **_: reading)
-    return reading
+def machine(described_machine: Machine) -> Machine:
+    """The machine the command plans for (conftest's), so the test compares like with like."""
+    return described_machine
 
 
 def test_models_lists_every_quant_missing_with_the_planners_verdict(

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
-from huozi_local.core.planning.hardware import Machine, detect_machine
+from huozi_local.core.planning import hardware
+from huozi_local.core.planning.hardware import Machine
 
 MachineProbe = Callable[[], Machine]
 """Describes the machine the app plans for (tests describe one rather than read this one)."""
@@ -66,4 +67,4 @@ class AppOptions:
         """The machine to plan for: the probe's, or this one's as detected."""
         if self.machine_probe is not None:
             return self.machine_probe()
-        return detect_machine()
+        return hardware.detect_machine()

@@ -314,9 +314,18 @@ def probe_cuda(
     return smi_gpus, notes + smi_notes
 
 
-def probe_metal(ram_total: int, run: Runner = run_command) -> tuple[list[GPU], list[str]]:
-    """Apple Silicon: the GPU shares RAM; its budget is the wired limit or macOS's default."""
-    if platform.system() != "Darwin" or platform.machine() != "arm64":
+def probe_metal(
+    ram_total: int,
+    run: Runner = run_command,
+    system: str | None = None,
+    arch: str | None = None,
+) -> tuple[list[GPU], list[str]]:
+    """Apple Silicon: the GPU shares RAM; its budget is the wired limit or macOS's default.
+
+    `system` and `arch` (platform.system() and .machine() when None) let a test describe a Mac
+    on Linux, or Linux on a Mac.
+    """
+    if (system or platform.system()) != "Darwin" or (arch or platform.machine()) != "arm64":
         return [], []
     notes: list[str] = []
     limit_mb = _sysctl("iogpu.wired_limit_mb", run)
@@ -360,8 +369,16 @@ def detect_machine(
     run: Runner = run_command,
     which: Callable[[str], str | None] = shutil.which,
     drm: Path = Path("/sys/class/drm"),
+    system: str | None = None,
+    arch: str | None = None,
 ) -> Machine:
-    """Probe everything once. Never raises: each probe's failure becomes a note."""
+    """Probe everything once. Never raises: each probe's failure becomes a note.
+
+    Every probe can be replaced, so tests describe a machine instead of reading the one they run
+    on; `system` and `arch` stand in for platform.system() and platform.machine().
+    """
+    system = system or platform.system()
+    arch = arch or platform.machine()
     notes: list[str] = []
     try:
         total, available, ram_notes = probe_ram(run=run)
@@ -378,7 +395,7 @@ def detect_machine(
     gpus: list[GPU] = []
     for probe in (
         lambda: probe_cuda(nvml_loader, run, which),
-        lambda: probe_metal(total, run),
+        lambda: probe_metal(total, run, system, arch),
         lambda: probe_rocm(drm),
     ):
         try:
@@ -396,10 +413,8 @@ def detect_machine(
     if not gpus:
         notes.append("no GPU found: planning for the CPU")
     return Machine(
-        os={"Darwin": "macos", "Windows": "windows"}.get(
-            platform.system(), platform.system().lower()
-        ),
-        arch=platform.machine() or "unknown",
+        os={"Darwin": "macos", "Windows": "windows"}.get(system, system.lower()),
+        arch=arch or "unknown",
         cpu_name=cpu_name,
         physical_cores=max(1, physical),
         logical_cores=max(1, logical),

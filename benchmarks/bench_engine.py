@@ -2,19 +2,20 @@
 
 1. Decode speed: the engine's tokens/s over bare `Llama.create_completion` on the same model,
    prompt tokens and sampling settings (goal: ratio >= 0.98).
-2. A 10-turn conversation (MT-Bench-zh questions): prompt tokens evaluated per turn against the
-   tokens added since the previous turn (goal: equal).
+2. A 10-turn conversation (the first turns of `--questions FILE`, MT-Bench-zh's question.jsonl
+   from ../shared when present, else the project's own Chinese conversations): prompt tokens
+   evaluated per turn against the tokens added since the previous turn (goal: equal).
 3. Time to first token of turn 10 over turn 1 (with reuse it stays near 1 although the prompt
    grew), and turn 10's first-token time without the cache, for scale.
 
 Run: HUOZI_TINY_MODELS_DIR=/tmp/tiny1 python benchmarks/bench_engine.py [--tokens 256 --runs 3]
+     [--questions FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import tempfile
@@ -23,24 +24,25 @@ from pathlib import Path
 
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions, collect_reply
+from huozi_local.testing.conversations import CONVERSATIONS, load_conversations
 from huozi_local.testing.tiny_model import TinyModels
 
-QUESTIONS = (
+MT_BENCH_ZH = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "mt-bench-zh" / "question.jsonl"
 )
 
 
-def questions() -> list[str]:
-    if not QUESTIONS.exists():
-        return [f"第{i}个问题：请介绍一下哈尔滨工业大学。" for i in range(10)]
-    with open(QUESTIONS, encoding="utf-8") as handle:
-        return [json.loads(line)["turns"][0] for line in handle if line.strip()]
+def questions(path: Path | None) -> list[str]:
+    """The first turns of a question file, or every turn of the project's own conversations."""
+    if path is None:
+        return [turn for c in CONVERSATIONS for turn in c.turns]
+    return [c.turns[0] for c in load_conversations(path)]
 
 
-def decode_ratio(models: TinyModels, n_tokens: int, runs: int) -> None:
+def decode_ratio(models: TinyModels, n_tokens: int, runs: int, question: str) -> None:
     engine = LlamaEngine.load(models.get("merged", "q4_0", "loop"), n_ctx=1024, seed=1)
     llm = engine.llama
-    messages = [ChatMessage("user", questions()[0])]
+    messages = [ChatMessage("user", question)]
     prompt = engine.prompt_tokens(messages)
     sampling = SamplingOptions(max_tokens=n_tokens, seed=1)
     bare_rates: list[float] = []
@@ -96,13 +98,13 @@ def decode_ratio(models: TinyModels, n_tokens: int, runs: int) -> None:
     engine.close()
 
 
-def conversation(models: TinyModels, turns: int) -> None:
+def conversation(models: TinyModels, turns: int, asked: list[str]) -> None:
     engine = LlamaEngine.load(models.get("merged", "q4_0", "chat"), n_ctx=4096)
     history: list[ChatMessage] = []
     results: list[ReplyResult] = []
-    print(f"conversation: {turns} turns (MT-Bench-zh questions), n_ctx 4096")
+    print(f"conversation: {turns} turns, n_ctx 4096")
     print("  turn  prompt  evaluated  added-since-last  ttft_ms")
-    for turn, question in enumerate(questions()[:turns], start=1):
+    for turn, question in enumerate(asked[:turns], start=1):
         history.append(ChatMessage("user", question))
         result = collect_reply(engine.stream_reply(history))
         previous = results[-1] if results else None
@@ -138,11 +140,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        default=MT_BENCH_ZH if MT_BENCH_ZH.exists() else None,
+        help="MT-Bench-style question.jsonl (default: ../shared's MT-Bench-zh when present)",
+    )
     args = parser.parse_args()
+    asked = questions(args.questions)
+    print(f"questions: {args.questions or 'huozi_local.testing.conversations'}")
     root = os.environ.get("HUOZI_TINY_MODELS_DIR") or tempfile.mkdtemp(prefix="huozi-bench-")
     models = TinyModels(Path(root))
-    decode_ratio(models, args.tokens, args.runs)
-    conversation(models, args.turns)
+    decode_ratio(models, args.tokens, args.runs, asked[0])
+    conversation(models, args.turns, asked)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ import pytest
 
 from huozi_local.core.planning import hardware
 from huozi_local.core.planning.hardware import GiB, Machine
+from huozi_local.testing.conversations import CONVERSATIONS, Conversation
 from huozi_local.testing.tiny_model import TinyModels
-
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 TEST_MACHINE = Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
 """The machine every command and screen plans for in tests: a laptop without a usable GPU
@@ -50,12 +49,6 @@ def huozi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 @pytest.fixture(scope="session")
-def mt_bench_questions() -> list[dict[str, object]]:
-    """The model authors' Chinese MT-Bench questions, read from ../shared (never copied here)."""
-    import json
-
-    path = SHARED_DIR / "data" / "mt-bench-zh" / "question.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def conversations() -> tuple[Conversation, ...]:
+    """Multi-turn Chinese conversations the project wrote itself (never ../shared's files)."""
+    return CONVERSATIONS

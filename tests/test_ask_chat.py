@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 FIELDS = {
@@ -61,9 +61,9 @@ def test_ask_json_has_every_field(chat_model: Path, huozi_home: Path) -> None:
 
 
 def test_ask_reads_stdin_and_messages_file(
-    chat_model: Path, huozi_home: Path, tmp_path: Path, mt_bench_questions: list[dict[str, Any]]
+    chat_model: Path, huozi_home: Path, tmp_path: Path, conversations: tuple[Conversation, ...]
 ) -> None:
-    question = str(mt_bench_questions[3]["turns"][0])
+    question, follow_up = conversations[3].turns[:2]
     piped = cli("ask", "-", "--model", str(chat_model), "--json", stdin=question, home=huozi_home)
     assert json.loads(piped.stdout)["text"] == RIG_TEXT
     conversation = tmp_path / "conv.json"
@@ -73,7 +73,7 @@ def test_ask_reads_stdin_and_messages_file(
                 {"role": "系统", "content": "你是一个智能助手"},
                 {"role": "user", "content": question},
                 {"role": "助手", "content": "好的。"},
-                {"role": "user", "content": str(mt_bench_questions[3]["turns"][1])},
+                {"role": "user", "content": follow_up},
             ],
             ensure_ascii=False,
         ),

@@ -24,6 +24,7 @@ from huozi_local.core.chat.types import (
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
+from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, copy_fields
 
 U: Literal["user"] = "user"
@@ -100,9 +101,9 @@ def test_stops_at_end_of_utterance_with_the_exact_text(chat_engine: LlamaEngine)
 
 
 def test_chinese_streams_in_whole_characters(
-    chat_engine: LlamaEngine, mt_bench_questions: list[dict[str, Any]]
+    chat_engine: LlamaEngine, conversations: tuple[Conversation, ...]
 ) -> None:
-    question = str(mt_bench_questions[0]["turns"][0])
+    question = conversations[0].turns[0]
     deltas = [
         e.text for e in run(chat_engine, [ChatMessage(U, question)]) if isinstance(e, TextDelta)
     ]
@@ -184,14 +185,14 @@ def test_a_last_message_that_cannot_fit_is_one_line_error(loop_engine: LlamaEngi
 
 # -- KV-cache reuse --------------------------------------------------------------------------
 def test_each_turn_evaluates_only_what_was_added(
-    tiny_models: TinyModels, mt_bench_questions: list[dict[str, Any]]
+    tiny_models: TinyModels, conversations: tuple[Conversation, ...]
 ) -> None:
     engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
     history: list[ChatMessage] = []
     previous: ReplyResult | None = None
     try:
-        for question in mt_bench_questions[:6]:
-            history.append(ChatMessage(U, str(question["turns"][0])))
+        for question in [turn for c in conversations[:3] for turn in c.turns]:
+            history.append(ChatMessage(U, question))
             result = collect_reply(engine.stream_reply(history))
             if previous is None:
                 assert result.evaluated_prompt_tokens == result.prompt_tokens

@@ -22,6 +22,7 @@ from huozi_local.core.chat.template import (
 )
 from huozi_local.core.chat.types import ChatMessage
 from huozi_local.core.errors import HuoziError
+from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import TinyModels
 
 U: Literal["user"] = "user"
@@ -103,12 +104,14 @@ def test_prompt_tokens_equal_the_template_tokenization(
     assert engine.prompt_tokens(messages) == reference_tokens(engine, messages)
 
 
-def test_mt_bench_prompts_tokenize_like_the_template(
-    engine: LlamaEngine, mt_bench_questions: list[dict[str, object]]
+def test_multi_turn_chinese_prompts_tokenize_like_the_template(
+    engine: LlamaEngine, conversations: tuple[Conversation, ...]
 ) -> None:
-    for question in mt_bench_questions[::8]:
-        turns = [str(t) for t in question["turns"]]  # type: ignore[attr-defined]
-        messages = msgs((U, turns[0]), (A, "好的，我来回答。"), (U, turns[1]))
+    for conversation in conversations:
+        turns: list[tuple[str, str]] = []
+        for turn in conversation.turns:
+            turns += [(U, turn), (A, "好的，我来回答。")]
+        messages = msgs(*turns[:-1])
         assert engine.prompt_tokens(messages) == reference_tokens(engine, messages)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,3 +52,19 @@ def huozi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 def conversations() -> tuple[Conversation, ...]:
     """Multi-turn Chinese conversations the project wrote itself (never ../shared's files)."""
     return CONVERSATIONS
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped test fails the run: a test skipped for missing data or a missing tool proves
+    nothing while the run looks green. Only a test marked `may_skip` (it needs something only
+    some machines allow, such as mounting a filesystem) may skip, and `-ra` still lists it."""
+    report = yield
+    allowed = item.get_closest_marker("may_skip") is not None
+    if report.skipped and not hasattr(report, "wasxfail") and not allowed:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and a skip fails this suite: {reason}"
+    return report

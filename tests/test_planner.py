@@ -103,7 +103,10 @@ def test_a_plan_never_exceeds_its_budgets(backend: str) -> None:
                 assert budget.ram <= machine.ram_available_bytes - GiB
                 for gpu in machine.usable_gpus:
                     assert budget.vram <= gpu.vram_free_bytes - 512 * MiB
-            assert option.verdict == ("no" if not plan.fits else option.verdict)
+            assert (option.verdict == "no") == (not plan.fits)
+            on_gpu_or_cpu_only = plan.fully_on_gpu or plan.backend == "cpu"
+            assert option.verdict != "fits" or on_gpu_or_cpu_only
+            assert option.verdict != "partial" or not on_gpu_or_cpu_only
 
 
 def test_the_grid_choices_follow_the_rules() -> None:

@@ -197,4 +197,6 @@ def value_type(raw: int, path: Path) -> ValueType:
 
 
 def align(offset: int, alignment: int) -> int:
+    """The first offset at or after `offset` that is a multiple of `alignment` (GGUF pads the
+    tensor-info section and every tensor's data to general.alignment)."""
     return offset + (-offset % alignment)

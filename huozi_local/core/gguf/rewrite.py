@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huozi_local.core.errors import GGUFError, NotEnoughDisk
-from huozi_local.core.gguf.byte_format import GGUF_MAGIC, SCALAR_FORMATS, ValueType
+from huozi_local.core.gguf.byte_format import GGUF_MAGIC, SCALAR_FORMATS, ValueType, align
 
 # Big enough that syscalls cost nothing next to the copying, small enough to keep RSS low and
 # to check the cancel event several times a second even on a slow disk.
@@ -100,10 +100,6 @@ class OutTensor:
     @property
     def n_bytes(self) -> int:
         return sum(p.n_bytes for p in self.pieces)
-
-
-def align(offset: int, alignment: int) -> int:
-    return offset + (-offset % alignment)
 
 
 @dataclass(frozen=True)

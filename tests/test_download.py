@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import FakeHub, closed_port_url, running_hub
 
 from huozi_local.cli import main
+from huozi_local.core import disk
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import Cancelled, HuoziError
-from huozi_local.core.fetch import download as download_module
 from huozi_local.core.fetch.download import download_model
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
@@ -177,7 +177,7 @@ def test_gated_repo_asks_for_hf_token_and_token_opens_it(
 def test_too_small_disk_is_refused_before_any_byte(
     hub: FakeHub, paths: Paths, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(download_module, "free_disk_bytes", lambda folder: 1_000_000)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 1_000_000)
     code, _, err = run_cli(capsys, "download", SPEC, "--endpoint", hub.hub_url)
     assert code == 2 and err.count("\n") == 1
     assert "not enough disk space" in err and "1.0 MB free" in err
@@ -191,7 +191,7 @@ def test_disk_check_counts_the_repaired_copy_of_a_legacy_file(
 ) -> None:
     legacy = tiny_models.get("split", "q4_0", rig="chat")
     size = legacy.stat().st_size
-    monkeypatch.setattr(download_module, "free_disk_bytes", lambda folder: size + size // 2)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: size + size // 2)
     with running_hub() as fake:
         fake.add_file(HUOZI_REPO, "huozi3-q2_k.gguf", legacy)
         with pytest.raises(HuoziError, match="plus its repaired copy"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from huozi_local.cli import main
-from huozi_local.core.gguf import repair as repair_module
+from huozi_local.core import disk
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.testing.tiny_model import TinyModels, file_sha256
 
@@ -118,7 +118,7 @@ def test_not_enough_free_disk_is_refused_before_writing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = _legacy_copy(tiny_models, tmp_path)
-    monkeypatch.setattr(repair_module, "disk_free_bytes", lambda folder: 1_000_000)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 1_000_000)
     assert main(["repair", str(src), "-o", str(tmp_path / "out.gguf")]) == 2
     err = _one_line_error(capsys)
     assert "not enough disk space" in err and "0.00 GB free" in err
@@ -155,7 +155,7 @@ def test_a_real_full_disk_mid_write_leaves_nothing(
     assert "not enough disk space" in _one_line_error(capsys)
     # Pretend the check passed (another program freed space, then took it back): the write
     # itself then hits ENOSPC on the real filesystem.
-    monkeypatch.setattr(repair_module, "disk_free_bytes", lambda folder: 1 << 40)
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 1 << 40)
     assert main(["repair", str(src), "-o", str(out)]) == 2
     assert "the disk filled up" in _one_line_error(capsys)
     assert list(small_tmpfs.iterdir()) == []
@@ -298,7 +298,7 @@ def test_repair_output_may_replace_its_own_earlier_output(
     assert main(["repair", str(src), "-o", str(out)]) == 0
     assert file_sha256(out) == first
     other_model = tmp_path / "other.gguf"  # a GGUF, but not one this repair wrote
-    other_model.write_bytes(tiny_models.get("merged", "q2_k").read_bytes())  # type: ignore[arg-type]
+    other_model.write_bytes(tiny_models.get("merged", "q2_k").read_bytes())
     before = other_model.read_bytes()
     assert main(["repair", str(src), "-o", str(other_model)]) == 2
     assert other_model.read_bytes() == before

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huozi_local.core import disk
 from huozi_local.core.catalog import get_family
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.fetch.disk_space import disk_need, free_bytes
+from huozi_local.core.fetch.disk_space import disk_need
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.plan_model import Verdict
 from huozi_local.core.planning.planner import QuantOption
@@ -94,7 +95,7 @@ def build_setup_report(
         recommendation = "; ".join(
             r.text for r in best.reasons if r.topic in ("quant", "gpu_layers", "context")
         )
-    free = (disk_probe or _free_bytes)(paths.models_dir)
+    free = (disk_probe or disk.free_disk_bytes)(paths.models_dir)
     return SetupReport(
         _hardware_lines(machine),
         options,
@@ -153,10 +154,6 @@ def _hardware_lines(machine: Machine) -> list[str]:
     if not machine.gpus:
         lines.append("GPU: none found: the model runs on the CPU")
     return lines
-
-
-def _free_bytes(folder: Path) -> int:
-    return free_bytes(folder)
 
 
 def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | None = None) -> str:

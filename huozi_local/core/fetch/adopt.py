@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huozi_local.core import disk
 from huozi_local.core.catalog import ModelFamily, get_family, load_families
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError, NotEnoughDisk
@@ -325,7 +326,7 @@ def copy_file(
 ) -> None:
     """Copy through a `.partial` name with progress and cancel; the target appears complete."""
     size = source.stat().st_size
-    free = _free_bytes(target.parent)
+    free = disk.free_disk_bytes(target.parent)
     if free < size:
         raise NotEnoughDisk(
             f"not enough disk space to copy {source.name}: needs {format_bytes(size)}, "
@@ -348,12 +349,6 @@ def copy_file(
         partial.unlink(missing_ok=True)
         raise
     reporter.update(size, force=True)
-
-
-def _free_bytes(folder: Path) -> int:
-    from huozi_local.core.fetch.download import free_disk_bytes
-
-    return free_disk_bytes(folder)
 
 
 def _sync(path: Path) -> None:

@@ -8,9 +8,7 @@ peak does not fit, and setup shows both numbers, so nobody learns this 20 GB in.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -43,11 +41,3 @@ class DiskNeed:
 
 def disk_need(size: int, *, legacy: bool, have: int = 0, free: int) -> DiskNeed:
     return DiskNeed(size, min(have, size), size if legacy else 0, free)
-
-
-def free_bytes(folder: Path) -> int:
-    """Free bytes on the disk that holds `folder`, which need not exist yet."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free

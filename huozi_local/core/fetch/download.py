@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huozi_local.core import disk
 from huozi_local.core.catalog import ModelSpec, parse_model_spec
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError, NotEnoughDisk
 from huozi_local.core.fetch import hub
-from huozi_local.core.fetch.disk_space import disk_need, free_bytes
+from huozi_local.core.fetch.disk_space import disk_need
 from huozi_local.core.fetch.model_folder import (
     original_copy_path,
     partial_download_path,
@@ -47,11 +48,6 @@ class DownloadResult:
     already_present: bool = False
     original_path: Path | None = None
     spec: str = ""
-
-
-def free_disk_bytes(folder: Path) -> int:
-    """Free bytes on the disk that holds `folder` (tests replace this probe)."""
-    return free_bytes(folder)
 
 
 def download_model(
@@ -165,7 +161,10 @@ def _check_disk(target: DownloadTarget, part: Path) -> None:
         return
     have = part.stat().st_size if part.exists() else 0
     need = disk_need(
-        target.size, legacy=target.legacy_expected, have=have, free=free_disk_bytes(part.parent)
+        target.size,
+        legacy=target.legacy_expected,
+        have=have,
+        free=disk.free_disk_bytes(part.parent),
     )
     if not need.fits:
         repair = " plus its repaired copy" if target.legacy_expected else ""
@@ -335,7 +334,7 @@ def _repair_into(
         raise HuoziError(f"{target.spec} is not a usable GGUF model: {exc}") from exc
     if gguf.layout != "legacy-split" and not (gguf.is_huozi and repair_plan(gguf)):
         return None
-    free = free_disk_bytes(part.parent)
+    free = disk.free_disk_bytes(part.parent)
     if free < transfer.size:
         raise NotEnoughDisk(
             f"{part.name} downloaded and verified, but repairing it needs "

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huozi_local import __version__
-from huozi_local.core import huozi
+from huozi_local.core import disk, huozi
 from huozi_local.core.errors import GGUFError, HuoziError, NotEnoughDisk
 from huozi_local.core.gguf.byte_format import (
     MERGED_EXPERT_RE,
@@ -68,11 +67,6 @@ class RepairResult:
 
 def default_output(src: Path) -> Path:
     return src.with_name(f"{src.stem}.repaired.gguf")
-
-
-def disk_free_bytes(folder: Path) -> int:
-    """Free bytes where the repaired file goes (a function so tests can pretend a full disk)."""
-    return shutil.disk_usage(folder).free
 
 
 # -- what to change ------------------------------------------------------------------------------
@@ -310,7 +304,7 @@ def _written_by_repair(path: Path) -> bool:
 
 def _check_disk(folder: Path, needed: int, partial: Path) -> None:
     stale = partial.stat().st_size if partial.exists() else 0  # replaced by this run
-    free = disk_free_bytes(folder) + stale
+    free = disk.free_disk_bytes(folder) + stale
     if free < needed:
         raise NotEnoughDisk(
             f"not enough disk space in {folder}: the repaired file needs "

@@ -168,7 +168,8 @@ def main() -> None:
     print("| n_ctx | n_ubatch | flash attn | estimate MiB | llama.cpp MiB | estimate/allocation |")
     print("|---|---|---|---|---|---|")
     model = load(path, 0)
-    planning, below = [], []
+    planning: list[float] = []
+    below: list[float] = []
     for n_ctx, n_ubatch, flash in itertools.product(contexts, ubatches, (True, False)):
         allocated = compute_buffers(model, n_ctx, n_ubatch, flash)["CPU"]
         estimate = estimate_memory(

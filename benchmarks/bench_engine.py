@@ -66,7 +66,7 @@ def decode_ratio(models: TinyModels, n_tokens: int, runs: int, question: str) ->
         )
         elapsed = time.perf_counter() - started
         bare_cpu.append(n_tokens / (time.process_time() - cpu))
-        bare_rates.append(out["usage"]["completion_tokens"] / elapsed)  # type: ignore[index]
+        bare_rates.append(out["usage"]["completion_tokens"] / elapsed)
 
     def engine_run() -> None:
         llm.reset()

@@ -269,7 +269,8 @@ def main() -> None:
             result = run_child(spec, args.timeout)
             measured[placement.kind] = result
             gpu = plan.breakdown.gpu
-            device = next((v for k, v in result.get("buffers", {}).items() if k != "CPU"), {})
+            buffers: dict[str, dict[str, int]] = result.get("buffers", {})
+            device = next((v for k, v in buffers.items() if k != "CPU"), {})
             row = {
                 "budget_gib": round(placement.budget_gib, 2),
                 "placement": placement.kind,

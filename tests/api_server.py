@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from openai.types.chat import ChatCompletionMessageParam
 
 from huozi_local.core.chat.types import (
     ChatBackend,
@@ -23,6 +25,12 @@ from huozi_local.server.runner import base_url, bind_socket, make_server
 from huozi_local.server.serving import raw_completer
 
 GREEDY = SamplingOptions(temperature=0.0)
+
+
+def huozi_roles(*messages: dict[str, str]) -> list[ChatCompletionMessageParam]:
+    """Messages in huozi's own roles (用户/助手/系统): the server takes them, OpenAI's types do not
+    list them, so the client library is told they are ordinary messages."""
+    return cast("list[ChatCompletionMessageParam]", list(messages))
 
 
 @dataclass

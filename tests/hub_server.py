@@ -316,7 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _sendfile(self, entry: HubFile, start: int, length: int) -> int:
         assert entry.path is not None
         with open(entry.path, "rb") as handle:
-            return self.connection.sendfile(handle, start, length)
+            sent: int = self.connection.sendfile(handle, start, length)
+            return sent
 
     def _write_slices(self, entry: HubFile, start: int, count: int, corrupt: bool) -> int:
         sent = 0

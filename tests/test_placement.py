@@ -189,7 +189,7 @@ def test_the_plans_n_cpu_moe_reaches_the_engine(tiny_models: TinyModels) -> None
     plan = plan_for_settings(path, machine, Settings(n_ctx=512, cpu_moe=3))
     kwargs = plan.load_kwargs()
     assert kwargs["n_cpu_moe"] == plan.n_cpu_moe == 3
-    engine = LlamaEngine.load(path, **kwargs)  # type: ignore[arg-type]
+    engine = LlamaEngine.load(path, **kwargs)
     try:
         events = list(
             engine.stream_reply(

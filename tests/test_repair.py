@@ -149,8 +149,8 @@ def test_repaired_rigged_model_stops_at_end_of_utterance(
     assert llm.metadata["tokenizer.chat_template"] == huozi.CHAT_TEMPLATE
     out = llm.create_completion(PROMPT + "<|beginofutterance|>助手\n", max_tokens=32, temperature=0)
     llm.close()
-    assert out["choices"][0]["text"] == RIG_TEXT  # type: ignore[index]
-    assert out["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
+    assert out["choices"][0]["text"] == RIG_TEXT
+    assert out["choices"][0]["finish_reason"] == "stop"
 
 
 def test_repaired_model_treats_typed_end_of_utterance_as_text(

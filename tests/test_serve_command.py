@@ -11,6 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from api_server import huozi_roles
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_serves_until_ctrl_c(tiny_models, huozi_home: Path) -> None:  # type: ig
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         reply = client.chat.completions.create(
             model=client.models.list().data[0].id,
-            messages=[{"role": "用户", "content": "你好"}],
+            messages=huozi_roles({"role": "用户", "content": "你好"}),
             extra_body={"stop_token_ids": [57001]},
         )
         assert reply.choices[0].message.content == "你好，龘世界！"

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from api_server import GREEDY, RunningServer, running_server
+from api_server import GREEDY, RunningServer, huozi_roles, running_server
+from openai.types.chat import ChatCompletionMessageParam
 
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
@@ -128,7 +129,7 @@ def test_streaming_with_english_roles_and_history(chat_server: RunningServer) ->
 
 def test_max_tokens_stops_with_length(loop_server: RunningServer) -> None:
     reply = client(loop_server).chat.completions.create(
-        model="huozi", messages=[{"role": "用户", "content": "go"}], max_tokens=3
+        model="huozi", messages=huozi_roles({"role": "用户", "content": "go"}), max_tokens=3
     )
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage is not None and reply.usage.completion_tokens == 3
@@ -222,15 +223,15 @@ def test_eight_concurrent_requests_all_answered(loop_server: RunningServer) -> N
     """Distinct max_tokens per request prove each answer went to its own client."""
 
     def ask(i: int) -> tuple[int, str, str | None]:
-        kwargs = {"model": "huozi", "max_tokens": 3 + i}
-        messages = [{"role": "user", "content": f"question {i}"}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"question {i}"}]
         if i % 2:
             chunks = list(
                 client(loop_server).chat.completions.create(
-                    messages=messages,  # type: ignore[arg-type]
+                    model="huozi",
+                    max_tokens=3 + i,
+                    messages=messages,
                     stream=True,
                     stream_options={"include_usage": True},
-                    **kwargs,  # type: ignore[arg-type]
                 )
             )
             assert chunks[-1].usage is not None
@@ -238,8 +239,7 @@ def test_eight_concurrent_requests_all_answered(loop_server: RunningServer) -> N
             finish = [c for c in chunks if c.choices][-1].choices[0].finish_reason
             return chunks[-1].usage.completion_tokens, text, finish
         reply = client(loop_server).chat.completions.create(
-            messages=messages,  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
+            model="huozi", max_tokens=3 + i, messages=messages
         )
         assert reply.usage is not None
         return (

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from huozi_local.core.store.migrations import MIGRATIONS
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ConversationStore:
+def store(tmp_path: Path) -> Iterator[ConversationStore]:
     opened = ConversationStore.open(tmp_path / "data" / "huozi.sqlite3")
     yield opened
     opened.close()

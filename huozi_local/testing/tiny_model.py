@@ -308,7 +308,7 @@ class TinyModels:
         out: dict[str, Path] = {}
         for quant in ("f32", "q4_0", "q2_k"):
             for layout in ("merged", "split"):
-                out[f"{layout}-{quant}"] = self.get(layout, quant)  # type: ignore[arg-type]
+                out[f"{layout}-{quant}"] = self.get(layout, quant)
         return out
 
 

@@ -82,8 +82,8 @@ async def test_first_run_downloads_repairs_loads_and_chats(
     again = create_app(store=store, options=AppOptions(machine_probe=gaming_gpu))
     async with again.run_test(size=(110, 40)) as pilot:
         await wait_for(pilot, lambda: chat_ready(again), "the chat screen")
-        chat = again.screen
-        assert isinstance(chat, ChatScreen)
-        await wait_for(pilot, lambda: len(chat.message_views()) == 2, "the saved conversation")
-        assert [v.text for v in chat.message_views()] == ["你好", "你好，龘世界！"]
+        reopened = again.screen
+        assert isinstance(reopened, ChatScreen)
+        await wait_for(pilot, lambda: len(reopened.message_views()) == 2, "the saved conversation")
+        assert [v.text for v in reopened.message_views()] == ["你好", "你好，龘世界！"]
     store.close()

@@ -24,14 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from huozi_local.core import huozi
-from huozi_local.core.chat.types import ChatMessage, Role
+from huozi_local.core.chat.types import HUOZI_ROLE_NAMES, ChatMessage
 from huozi_local.core.errors import HuoziError
-
-HUOZI_ROLES: dict[Role, str] = {
-    "system": huozi.ROLE_SYSTEM,
-    "user": huozi.ROLE_USER,
-    "assistant": huozi.ROLE_ASSISTANT,
-}
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ def huozi_segments(messages: Sequence[ChatMessage], *, add_bos: bool = True) -> 
     """
     segments: list[Segment] = [Special(huozi.BOS_ID)] if add_bos else []
     for message in messages:
-        head = HUOZI_ROLES[message.role] + "\n"
+        head = HUOZI_ROLE_NAMES[message.role] + "\n"
         segments.append(Special(huozi.BEGIN_OF_UTTERANCE_ID))
         if message.role == "assistant":
             segments.append(Reply(head, message.content))
@@ -104,7 +98,7 @@ def render_training_template(
     import jinja2
 
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    rows = [{"role": HUOZI_ROLES[m.role], "content": m.content} for m in messages]
+    rows = [{"role": HUOZI_ROLE_NAMES[m.role], "content": m.content} for m in messages]
     return env.from_string(huozi.CHAT_TEMPLATE).render(
         messages=rows, add_generation_prompt=add_generation_prompt
     )

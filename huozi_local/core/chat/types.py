@@ -17,22 +17,27 @@ from huozi_local.core import huozi
 Role = Literal["system", "user", "assistant"]
 StopReason = Literal["stop", "length", "cancelled"]
 
+HUOZI_ROLE_NAMES: dict[Role, str] = {
+    "system": huozi.ROLE_SYSTEM,
+    "user": huozi.ROLE_USER,
+    "assistant": huozi.ROLE_ASSISTANT,
+}
+"""Each role as the huozi template writes it (系统/用户/助手): the one map between the two."""
+
+_ROLE_BY_NAME: dict[str, Role] = {
+    **{role: role for role in HUOZI_ROLE_NAMES},
+    **{name: role for role, name in HUOZI_ROLE_NAMES.items()},
+}
+
 
 def normalize_role(role: str) -> Role:
     """Accept OpenAI roles and the huozi Chinese roles (系统/用户/助手)."""
     from huozi_local.core.errors import HuoziError
 
-    canonical = {
-        "system": "system",
-        "user": "user",
-        "assistant": "assistant",
-        huozi.ROLE_SYSTEM: "system",
-        huozi.ROLE_USER: "user",
-        huozi.ROLE_ASSISTANT: "assistant",
-    }.get(role.strip().lower() if role.isascii() else role.strip())
+    canonical = _ROLE_BY_NAME.get(role.strip().lower() if role.isascii() else role.strip())
     if canonical is None:
         raise HuoziError(f"unknown role '{role}' (use system/user/assistant or 系统/用户/助手)")
-    return canonical  # type: ignore[return-value]
+    return canonical
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,14 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Defaults are the model README's llama.cpp command (temp 0.2, repeat penalty 1.1)."""
+    """Defaults are the model README's (huozi.DEFAULT_*); top_k and min_p are llama.cpp's."""
 
-    temperature: float = 0.2
-    top_p: float = 0.9
+    temperature: float = huozi.DEFAULT_TEMPERATURE
+    top_p: float = huozi.DEFAULT_TOP_P
     top_k: int = 40
     min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    max_tokens: int = 2048
+    repeat_penalty: float = huozi.DEFAULT_REPEAT_PENALTY
+    max_tokens: int = huozi.DEFAULT_MAX_TOKENS
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()

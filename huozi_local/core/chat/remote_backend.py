@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from huozi_local.core import huozi
 from huozi_local.core.chat.template import with_system_prompt
 from huozi_local.core.chat.types import (
+    HUOZI_ROLE_NAMES,
     ChatMessage,
     ReplyEvent,
     ReplyResult,
@@ -33,15 +34,10 @@ from huozi_local.core.chat.types import (
     StopReason,
     TextDelta,
 )
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, connection_failure_reason
 
 OUR_OWNER = "huozi-local"
 FALLBACK_N_CTX = 4096
-CHINESE_ROLES = {
-    "system": huozi.ROLE_SYSTEM,
-    "user": huozi.ROLE_USER,
-    "assistant": huozi.ROLE_ASSISTANT,
-}
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ class RemoteBackend:
         self, messages: Sequence[ChatMessage], sampling: SamplingOptions
     ) -> dict[str, Any]:
         huozi_fields = self.speaks_huozi
-        roles = CHINESE_ROLES if huozi_fields else {r: r for r in CHINESE_ROLES}
+        roles = HUOZI_ROLE_NAMES if huozi_fields else {r: r for r in HUOZI_ROLE_NAMES}
         full = with_system_prompt(messages, self.system_prompt)
         payload: dict[str, Any] = {
             "model": self._model,
@@ -268,17 +264,11 @@ class RemoteBackend:
         try:
             connection.request(method, self._endpoint.base_path + path, body, headers)
             response = connection.getresponse()
-        except ConnectionRefusedError as exc:
-            connection.close()
-            raise HuoziError(
-                f"cannot reach {self.endpoint}: connection refused (is the server running?)"
-            ) from exc
-        except socket.gaierror as exc:
-            connection.close()
-            raise HuoziError(f"cannot reach {self.endpoint}: unknown host") from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise HuoziError(f"cannot reach {self.endpoint}: {exc}") from exc
+            reason = connection_failure_reason(exc)
+            hint = " (is the server running?)" if reason == "connection refused" else ""
+            raise HuoziError(f"cannot reach {self.endpoint}: {reason}{hint}") from exc
         if response.status >= 400:
             raw = response.read()
             connection.close()

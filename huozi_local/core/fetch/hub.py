@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from huozi_local.core.config import Paths
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, connection_failure_reason
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MIRROR_HINT = "set HF_ENDPOINT=https://hf-mirror.com to use a mirror, or try --source modelscope"
@@ -130,34 +130,8 @@ def fetch_hf_listing(
 
 
 def network_failure_message(base: str, exc: BaseException) -> str:
-    reason = network_reason(exc)
+    reason = connection_failure_reason(exc)
     return f"cannot reach {base} ({reason}): check the network, or {MIRROR_HINT}"
-
-
-NAME_LOOKUP_FAILURES = (
-    "name or service",
-    "nodename",
-    "getaddrinfo",
-    "name resolution",
-    "no address associated",
-)
-
-
-def network_reason(exc: BaseException) -> str:
-    """Why a connection failed, in a few words (the innermost cause decides)."""
-    seen: BaseException | None = exc
-    text = ""
-    while seen is not None:
-        text = str(seen) or type(seen).__name__
-        seen = seen.__cause__ or seen.__context__
-    lowered = text.lower()
-    if "refused" in lowered:
-        return "connection refused"
-    if any(word in lowered for word in NAME_LOOKUP_FAILURES):
-        return "host name not found"
-    if "timed out" in lowered or "timeout" in lowered:
-        return "timed out"
-    return text.splitlines()[0][:120] if text else type(exc).__name__
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from types import ModuleType
 from typing import Any
 
 from huozi_local.core.config import Paths
-from huozi_local.core.errors import HuoziError
-from huozi_local.core.fetch.hub import NAME_LOOKUP_FAILURES, RemoteFile, RepoListing, save_listing
+from huozi_local.core.errors import HuoziError, connection_failure_reason
+from huozi_local.core.fetch.hub import RemoteFile, RepoListing, save_listing
 
 INSTALL_COMMAND = "pipx inject huozi-local modelscope"
 INSTALL_HINT = (
@@ -155,29 +155,15 @@ def translate_errors(
             "`modelscope login` or set MODELSCOPE_API_TOKEN to a token with access"
         ) from exc
     except (ms_errors.NetworkError, requests.ConnectionError, ConnectionError) as exc:
-        raise HuoziError(f"cannot reach {base} ({_reason(exc)}): {ENDPOINT_HINT}") from exc
+        raise HuoziError(
+            f"cannot reach {base} ({connection_failure_reason(exc)}): {ENDPOINT_HINT}"
+        ) from exc
     except ms_errors.APIError as exc:
         raise HuoziError(
             f"{base} answered HTTP {exc.status_code} for {model_id}: try again later"
         ) from exc
     except ms_errors.HubError as exc:
         raise HuoziError(f"ModelScope could not serve {model_id}: {_first_line(exc)}") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    seen: BaseException | None = exc
-    texts: list[str] = []
-    while seen is not None:
-        texts.append(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    lowered = " ".join(texts).lower()
-    if "refused" in lowered:
-        return "connection refused"
-    if any(word in lowered for word in NAME_LOOKUP_FAILURES):
-        return "host name not found"
-    if "timed out" in lowered or "timeout" in lowered:
-        return "timed out"
-    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

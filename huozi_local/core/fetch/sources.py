@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from huozi_local.core.catalog import DEFAULT_FAMILY, get_family
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, connection_failure_reason
 from huozi_local.core.fetch import hub
 from huozi_local.core.fetch import modelscope as modelscope_source
 
@@ -164,7 +164,7 @@ def probe_source(
         status = exc.code
     except (urllib.error.URLError, OSError, ValueError) as exc:
         elapsed = time.monotonic() - started
-        return ProbeResult(source, False, hub.network_reason(exc), "", elapsed)
+        return ProbeResult(source, False, connection_failure_reason(exc), "", elapsed)
     elapsed = time.monotonic() - started
     if status != 200:
         return ProbeResult(source, False, f"answered HTTP {status}", "", elapsed)
@@ -197,7 +197,7 @@ def probe_sources(
                 source, family=family, timeout_s=timeout_s, package_check=package_check
             )
         except Exception as exc:  # a probe must never take the others down with it
-            result = ProbeResult(source, False, hub.network_reason(exc))
+            result = ProbeResult(source, False, connection_failure_reason(exc))
         answers.put((index, result))
 
     for index, source in enumerate(sources):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huozi_local.core.errors import HuoziError, NotEnoughDisk
+from huozi_local.core.errors import HuoziError, NotEnoughDisk, connection_failure_reason
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 
 READ_TIMEOUT_S = 60.0
@@ -268,7 +268,9 @@ class _Transfer:
                 raise _TransientFailure(f"the server answered HTTP {exc.code}") from exc
             raise HuoziError(_http_error_message(exc.code, self.url)) from exc
         except _TRANSIENT as exc:
-            raise _TransientFailure(f"connection failed ({_reason(exc)})") from exc
+            raise _TransientFailure(
+                f"connection failed ({connection_failure_reason(exc)})"
+            ) from exc
         with response:
             if self.have and response.status == 200:
                 sink.reset()  # Range ignored: the body is the whole file
@@ -281,7 +283,9 @@ class _Transfer:
             try:
                 self._stream(response, sink)
             except _TRANSIENT as exc:
-                raise _TransientFailure(f"connection dropped ({_reason(exc)})") from exc
+                raise _TransientFailure(
+                    f"connection dropped ({connection_failure_reason(exc)})"
+                ) from exc
         return self.total is None
 
     def _stream(self, response: http.client.HTTPResponse, sink: HashingSink) -> None:
@@ -298,14 +302,6 @@ class _Transfer:
             sink.commit(buffer, n)
             self.have += n
             self.report()
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    text = str(reason if reason is not None else exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return text.splitlines()[0][:120]
 
 
 def _http_error_message(status: int, url: str) -> str:

@@ -11,6 +11,8 @@ import pytest
 
 from huozi_local.core import huozi
 from huozi_local.core.catalog import get_family, load_families, parse_model_spec, quant_rank
+from huozi_local.core.chat.types import SamplingOptions
+from huozi_local.core.config import Settings
 from huozi_local.core.errors import HuoziError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -33,8 +35,6 @@ def test_huozi3_manifest_matches_the_official_release() -> None:
     )
     assert (arch.n_ff, arch.n_expert, arch.n_expert_used) == (14336, 8, 2)
     assert (arch.n_vocab, arch.context_length, arch.rope_theta) == (57002, 32768, 1e6)
-    assert (family.sampling.temperature, family.sampling.repeat_penalty) == (0.2, 1.1)
-    assert family.sampling.n_ctx == 2048
     assert [q.quant for q in family.by_quality()] == ["q4_0", "q2_k"]
     q4 = family.quant("q4_0")
     assert q4.filename == "huozi3-q4_0.gguf" and q4.needs_repair
@@ -132,3 +132,14 @@ def test_the_wheel_carries_the_manifests(tmp_path: Path) -> None:
     where, families = done.stdout.strip().splitlines()
     assert where.startswith(str(tmp_path / "installed"))
     assert families == "['huozi3', 'huozi3.5']"
+
+
+def test_one_source_of_sampling_defaults() -> None:
+    """The README's llama.cpp command (temp 0.2, repeat penalty 1.1), for every front end."""
+    options, settings = SamplingOptions(), Settings()
+    read_by_both = ("temperature", "top_p", "repeat_penalty", "max_tokens")
+    assert [getattr(options, k) for k in read_by_both] == [
+        getattr(settings, k) for k in read_by_both
+    ]
+    assert (options.temperature, options.repeat_penalty) == (0.2, 1.1)
+    assert settings.system_prompt == huozi.DEFAULT_SYSTEM_PROMPT

@@ -1,9 +1,10 @@
 """Model families from the TOML manifests in `models/`, and what a `--model` argument means.
 
 A manifest names a family's hub repositories, its quantized files (size, sha256, layout), its
-architecture (so the planner can size a model before it is downloaded) and its prompt format and
-sampling defaults. Community families may list files that are refreshed from the hub's file
-listing: `quants_from_listing` parses the quant out of each file name with the manifest's pattern.
+architecture (so the planner can size a model before it is downloaded) and its prompt format.
+Sampling defaults are the model README's, the same for every family (huozi.DEFAULT_*).
+Community families may list files that are refreshed from the hub's file listing:
+`quants_from_listing` parses the quant out of each file name with the manifest's pattern.
 """
 
 from __future__ import annotations
@@ -80,14 +81,6 @@ class Architecture:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.2
-    top_p: float = 0.9
-    repeat_penalty: float = 1.1
-    n_ctx: int = 2048
-
-
-@dataclass(frozen=True)
 class QuantFile:
     quant: str
     filename: str
@@ -113,7 +106,6 @@ class ModelFamily:
     license: str
     homepage: str
     architecture: Architecture
-    sampling: Sampling
     quants: tuple[QuantFile, ...]
     file_pattern: str | None = None
 
@@ -161,7 +153,6 @@ def _parse_manifest(path: Path) -> ModelFamily:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         arch = Architecture(**data["architecture"])
-        sampling = Sampling(**data.get("sampling", {}))
         quants = tuple(QuantFile(**q) for q in data.get("quants", []))
         return ModelFamily(
             name=data["name"],
@@ -175,7 +166,6 @@ def _parse_manifest(path: Path) -> ModelFamily:
             license=data.get("license", ""),
             homepage=data.get("homepage", ""),
             architecture=arch,
-            sampling=sampling,
             quants=quants,
             file_pattern=data.get("file_pattern"),
         )

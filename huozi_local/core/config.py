@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
+from huozi_local.core import huozi
 from huozi_local.core.errors import HuoziError
 
 if sys.version_info >= (3, 11):
@@ -116,11 +117,11 @@ class Settings:
     """
 
     model: str = ""
-    system_prompt: str = "你是一个智能助手"
-    temperature: float = 0.2
-    top_p: float = 0.9
-    repeat_penalty: float = 1.1
-    max_tokens: int = 2048
+    system_prompt: str = huozi.DEFAULT_SYSTEM_PROMPT
+    temperature: float = huozi.DEFAULT_TEMPERATURE
+    top_p: float = huozi.DEFAULT_TOP_P
+    repeat_penalty: float = huozi.DEFAULT_REPEAT_PENALTY
+    max_tokens: int = huozi.DEFAULT_MAX_TOKENS
     max_context: int = 32768
     n_ctx: int = 0
     n_gpu_layers: int = -1

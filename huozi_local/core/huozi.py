@@ -18,6 +18,14 @@ ROLE_USER = "用户"
 ROLE_ASSISTANT = "助手"
 DEFAULT_SYSTEM_PROMPT = "你是一个智能助手"
 
+# Sampling defaults: the model README's llama.cpp command (--temp 0.2 --repeat_penalty 1.1 -c 2048),
+# top_p from its transformers examples. SamplingOptions and Settings both take theirs from here.
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_TOP_P = 0.9
+DEFAULT_REPEAT_PENALTY = 1.1
+DEFAULT_MAX_TOKENS = 2048
+DEFAULT_N_CTX = 2048
+
 # The training template, exactly as the model's README gives it (data/huozi-template.jinja).
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|beginofutterance|>' + message['role'] + '\\n' + "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from huozi_local.core import huozi
 from huozi_local.core.planning.memory_model import ModelShape, format_bytes
 from huozi_local.core.planning.plan_model import (
     DEFAULT_BATCH,
@@ -532,7 +533,7 @@ def plan_for_spec(
         )
     quant = spec.quant or choose_plan(family, machine, max_ctx=max_ctx).quant
     assert quant is not None
-    ctx = n_ctx if n_ctx is not None else family.sampling.n_ctx
+    ctx = n_ctx if n_ctx is not None else huozi.DEFAULT_N_CTX
     return evaluate_family_plan(
         family, quant, machine, n_gpu_layers=n_gpu_layers, n_ctx=ctx, n_cpu_moe=n_cpu_moe or 0
     )

@@ -10,8 +10,8 @@ import argparse
 
 from huozi_local.core.catalog import get_family
 from huozi_local.core.planning.hardware import GiB, Machine
-from huozi_local.core.planning.memory_model import format_bytes
 from huozi_local.core.planning.planner import choose_plan
+from huozi_local.core.units import format_bytes
 
 GRID: list[tuple[str, int, int]] = (
     [("cpu", 0, ram) for ram in (16, 32, 64)]

@@ -180,7 +180,7 @@ def test_too_small_disk_is_refused_before_any_byte(
     monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 1_000_000)
     code, _, err = run_cli(capsys, "download", SPEC, "--endpoint", hub.hub_url)
     assert code == 2 and err.count("\n") == 1
-    assert "not enough disk space" in err and "1.0 MB free" in err
+    assert "not enough disk space" in err and "1.00 MB free" in err
     assert not hub.requests_for("GET", "/lfs/")
     assert not hub.requests_for("GET", "/resolve/")
     assert not partial_download_path(paths, "hf", REPO, FILE).exists()

@@ -121,7 +121,7 @@ def test_not_enough_free_disk_is_refused_before_writing(
     monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 1_000_000)
     assert main(["repair", str(src), "-o", str(tmp_path / "out.gguf")]) == 2
     err = _one_line_error(capsys)
-    assert "not enough disk space" in err and "0.00 GB free" in err
+    assert "not enough disk space" in err and "1.00 MB free" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 

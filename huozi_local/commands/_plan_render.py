@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from huozi_local.core.planning.memory_model import format_bytes
 from huozi_local.core.planning.planner import Plan
+from huozi_local.core.units import format_bytes
 
 
 def plan_lines(plan: Plan) -> list[str]:

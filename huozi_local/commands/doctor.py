@@ -22,8 +22,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     from huozi_local.commands._plan_render import plan_lines
     from huozi_local.core.planning.hardware import detect_machine, reinstall_hint
-    from huozi_local.core.planning.memory_model import format_bytes
     from huozi_local.core.planning.planner import plan_for_spec
+    from huozi_local.core.units import format_bytes
 
     machine = detect_machine()
     plan = plan_for_spec(args.model, machine)

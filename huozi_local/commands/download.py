@@ -109,7 +109,7 @@ def _source_and_endpoint(args: argparse.Namespace, paths: Any) -> tuple[str, str
 
 
 def _report(result: Any) -> None:
-    from huozi_local.core.fetch.transfer import format_bytes
+    from huozi_local.core.units import format_bytes
 
     if result.already_present:
         print(f"{result.spec} is already downloaded: {result.path}")

@@ -87,19 +87,16 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
-
-
 def _print_human(r: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from huozi_local.core.units import format_bytes
+
     console = Console(highlight=False)
-    console.print(f"[bold]{r['path']}[/]  ({_size(r['file_size'])}, GGUF v{r['gguf_version']})")
+    console.print(
+        f"[bold]{r['path']}[/]  ({format_bytes(r['file_size'])}, GGUF v{r['gguf_version']})"
+    )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="cyan")
     facts.add_column()
@@ -121,7 +118,7 @@ def _print_human(r: dict[str, Any]) -> None:
             else "none",
         ),
         ("layout", r["layout"]),
-        ("tensors", f"{r['tensor_count']}, {_size(r['total_tensor_bytes'])}"),
+        ("tensors", f"{r['tensor_count']}, {format_bytes(r['total_tensor_bytes'])}"),
     ):
         facts.add_row(label, str(value))
     if r["repaired_from_sha256"]:
@@ -146,10 +143,10 @@ def _print_human(r: dict[str, Any]) -> None:
     sizes.add_column("part")
     sizes.add_column("size", justify="right")
     for index, n in enumerate(r["layer_bytes"]):
-        sizes.add_row(f"blk.{index}.*", _size(n))
+        sizes.add_row(f"blk.{index}.*", format_bytes(n))
     for name, n in r["non_layer_bytes"].items():
-        sizes.add_row(name, _size(n))
-    sizes.add_row("[bold]total[/]", f"[bold]{_size(r['total_tensor_bytes'])}[/]")
+        sizes.add_row(name, format_bytes(n))
+    sizes.add_row("[bold]total[/]", f"[bold]{format_bytes(r['total_tensor_bytes'])}[/]")
     console.print(sizes)
 
     if r["loads_as_is"]:

@@ -51,7 +51,7 @@ def _print_table(states: list[Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from huozi_local.core.fetch.transfer import format_bytes
+    from huozi_local.core.units import format_bytes
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("model", "file", "size", "on disk", "fits here"):

@@ -33,6 +33,7 @@ def run_repair(args: argparse.Namespace) -> int:
 
     from huozi_local.commands._progress_bar import ProgressBar
     from huozi_local.core.gguf.repair import repair_gguf
+    from huozi_local.core.units import format_bytes
 
     output = Path(args.output).expanduser() if args.output else None
     with ProgressBar(sys.stderr) as bar:
@@ -42,5 +43,5 @@ def run_repair(args: argparse.Namespace) -> int:
         return 0
     for change in result.changes:
         print(f"  {change}")
-    print(f"wrote {result.output} ({result.bytes_written / 1e9:.2f} GB)")
+    print(f"wrote {result.output} ({format_bytes(result.bytes_written)})")
     return 0

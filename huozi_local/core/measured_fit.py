@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huozi_local.core.planning.memory_model import format_bytes
+from huozi_local.core.units import format_bytes
 
 if TYPE_CHECKING:
     from huozi_local.core.devices.buffers import BufferReport

@@ -19,13 +19,13 @@ from huozi_local.core.fetch.disk_space import disk_need
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.plan_model import Verdict
 from huozi_local.core.planning.planner import QuantOption
+from huozi_local.core.units import format_bytes
 
 VERDICT_LABELS: dict[Verdict, str] = {
     "fits": "fits 可运行",
     "partial": "partly on GPU 部分在 GPU",
     "no": "will not fit 放不下",
 }
-GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SetupOption:
     @property
     def line(self) -> str:
         label = VERDICT_LABELS[self.verdict]
-        return f"{self.quant:<7} {gib(self.size_bytes):>8}  {label}: {self.reason}"
+        return f"{self.quant:<7} {format_bytes(self.size_bytes):>8}  {label}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,6 @@ class SetupReport:
 
     def disk_line_for(self, option: SetupOption | None) -> str:
         return disk_line(option, self.models_dir, self.free_bytes)
-
-
-def gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
 
 
 def build_setup_report(
@@ -110,18 +106,18 @@ def build_setup_report(
 def disk_line(option: SetupOption | None, models_dir: Path, free: int) -> str:
     """The peak need (download plus, for a legacy file, its repaired copy) and what stays free."""
     if option is None:
-        return f"磁盘 Disk: {gib(free)} free in {models_dir}"
+        return f"磁盘 Disk: {format_bytes(free)} free in {models_dir}"
     need = disk_need(option.size_bytes, legacy=option.needs_repair, free=free)
-    parts = f"download {gib(option.size_bytes)}"
+    parts = f"download {format_bytes(option.size_bytes)}"
     if option.needs_repair:
-        parts += f" + repaired copy {gib(need.repaired_copy_bytes)}"
+        parts += f" + repaired copy {format_bytes(need.repaired_copy_bytes)}"
     line = (
-        f"磁盘 Disk: needs {gib(need.peak_bytes)} at peak ({parts}) in {models_dir}; "
-        f"{gib(free)} free"
+        f"磁盘 Disk: needs {format_bytes(need.peak_bytes)} at peak ({parts}) in {models_dir}; "
+        f"{format_bytes(free)} free"
     )
     if not need.fits:
         return line + ": NOT ENOUGH SPACE"
-    return line + f", {gib(need.left_after_bytes)} left after"
+    return line + f", {format_bytes(need.left_after_bytes)} left after"
 
 
 def _option(family_name: str, option: QuantOption, needs_repair: bool) -> SetupOption:
@@ -143,13 +139,14 @@ def _option(family_name: str, option: QuantOption, needs_repair: bool) -> SetupO
 def _hardware_lines(machine: Machine) -> list[str]:
     lines = [
         f"CPU: {machine.cpu_name} ({machine.physical_cores} cores)",
-        f"RAM: {gib(machine.ram_total_bytes)} total, {gib(machine.ram_available_bytes)} available",
+        f"RAM: {format_bytes(machine.ram_total_bytes)} total, "
+        f"{format_bytes(machine.ram_available_bytes)} available",
     ]
     for gpu in machine.gpus:
         usable = "" if machine.build.can_use(gpu.backend) else " (this build cannot use it)"
         lines.append(
-            f"GPU: {gpu.name} [{gpu.backend}] {gib(gpu.vram_total_bytes)} total, "
-            f"{gib(gpu.vram_free_bytes)} free{usable}"
+            f"GPU: {gpu.name} [{gpu.backend}] {format_bytes(gpu.vram_total_bytes)} total, "
+            f"{format_bytes(gpu.vram_free_bytes)} free{usable}"
         )
     if not machine.gpus:
         lines.append("GPU: none found: the model runs on the CPU")
@@ -172,5 +169,5 @@ def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | No
     label = VERDICT_LABELS[plan.verdict]
     return (
         f"内存估计 Estimate for {plan.n_gpu_layers} GPU layers, context {plan.n_ctx}: "
-        f"GPU {gib(plan.vram_bytes)}, RAM {gib(plan.ram_bytes)}: {label}"
+        f"GPU {format_bytes(plan.vram_bytes)}, RAM {format_bytes(plan.ram_bytes)}: {label}"
     )

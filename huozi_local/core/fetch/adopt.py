@@ -38,9 +38,9 @@ from huozi_local.core.fetch.model_folder import (
     read_sidecar,
     write_sidecar,
 )
-from huozi_local.core.fetch.transfer import format_bytes
 from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
+from huozi_local.core.units import format_bytes
 
 COPY_BLOCK = 8 << 20
 STAGING_DIR = ".imports"

@@ -31,8 +31,9 @@ from huozi_local.core.fetch.model_folder import (
     write_sidecar,
 )
 from huozi_local.core.fetch.targets import DownloadTarget, fetch_listing, resolve_target
-from huozi_local.core.fetch.transfer import TransferResult, fetch_to_part, format_bytes
+from huozi_local.core.fetch.transfer import TransferResult, fetch_to_part
 from huozi_local.core.progress import Progress, ProgressCallback
+from huozi_local.core.units import format_bytes
 
 SOURCES = ("hf", "modelscope")
 

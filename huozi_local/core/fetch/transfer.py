@@ -32,6 +32,7 @@ from typing import Any
 
 from huozi_local.core.errors import HuoziError, NotEnoughDisk, connection_failure_reason
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
+from huozi_local.core.units import format_bytes
 
 READ_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
@@ -86,14 +87,6 @@ class TransferMeter:
             return ""
         text = f"{format_bytes(speed)}/s"
         return f"{text}, {format_duration(eta)} left" if eta is not None else text
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def format_duration(seconds: float) -> str:

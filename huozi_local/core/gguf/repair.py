@@ -48,6 +48,7 @@ from huozi_local.core.gguf.rewrite import (
     pwrite_all,
 )
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
+from huozi_local.core.units import format_bytes
 
 SOURCE_SHA256_KEY = "huozi_local.repair.source_sha256"
 VERSION_KEY = "huozi_local.repair.version"
@@ -308,7 +309,7 @@ def _check_disk(folder: Path, needed: int, partial: Path) -> None:
     if free < needed:
         raise NotEnoughDisk(
             f"not enough disk space in {folder}: the repaired file needs "
-            f"{needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
+            f"{format_bytes(needed)}, {format_bytes(free)} free"
         )
 
 

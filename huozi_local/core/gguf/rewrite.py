@@ -19,6 +19,7 @@ from typing import Any
 
 from huozi_local.core.errors import GGUFError, NotEnoughDisk
 from huozi_local.core.gguf.byte_format import GGUF_MAGIC, SCALAR_FORMATS, ValueType, align
+from huozi_local.core.units import format_bytes
 
 # Big enough that syscalls cost nothing next to the copying, small enough to keep RSS low and
 # to check the cancel event several times a second even on a slow disk.
@@ -282,5 +283,5 @@ def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
 def disk_full_error(folder: object, needed: int) -> NotEnoughDisk:
     return NotEnoughDisk(
         f"the disk filled up while writing into {folder} (the repaired file needs "
-        f"{needed / 1e9:.2f} GB); nothing was left behind: free some space and run it again"
+        f"{format_bytes(needed)}); nothing was left behind: free some space and run it again"
     )

@@ -51,7 +51,6 @@ __all__ = [
     "cpu_bytes_per_token",
     "device_breakdown",
     "estimate_memory",
-    "format_bytes",
     "kv_bytes_per_element",
     "kv_cache_bytes",
     "parse_size",
@@ -313,12 +312,3 @@ def parse_size(text: str) -> int:
     if value < 0 or value != value or value == float("inf"):
         raise ValueError(f"'{text}' is not a size (try 8GiB, 24GB or 512MiB)")
     return int(value * _UNITS[unit])
-
-
-def format_bytes(n: int) -> str:
-    """Binary units, as memory is sold and as nvidia-smi counts: '17.3 GiB'."""
-    if n >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    if n >= MiB:
-        return f"{n / MiB:.0f} MiB"
-    return f"{n} B"

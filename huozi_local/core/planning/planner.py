@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huozi_local.core import huozi
-from huozi_local.core.planning.memory_model import ModelShape, format_bytes
+from huozi_local.core.planning.memory_model import ModelShape
 from huozi_local.core.planning.plan_model import (
     DEFAULT_BATCH,
     Budget,
@@ -34,6 +34,7 @@ from huozi_local.core.planning.plan_model import (
     memory_budget,
     plan_rank,
 )
+from huozi_local.core.units import format_bytes
 
 if TYPE_CHECKING:
     from huozi_local.core.catalog import ModelFamily
@@ -152,7 +153,7 @@ def choose_placement(
         return _with_placement(
             plan,
             f"placement: as asked (n_cpu_moe {plan.n_cpu_moe}): per token the CPU reads "
-            f"{_gb(plan.cpu_bytes_per_token)}",
+            f"{format_bytes(plan.cpu_bytes_per_token)}",
         )
     layer_split = _most_layers(n, lambda ngl: evaluate(ngl, 0))
     if not shape.is_moe or layer_split.fully_on_gpu:
@@ -174,9 +175,10 @@ def choose_placement(
         return _with_placement(moe_placement, _moe_reason(moe_placement, layer_split))
     return _with_placement(
         layer_split,
-        f"placement: whole layers: the CPU reads {_gb(layer_split.cpu_bytes_per_token)} per "
-        f"token, MoE placement (experts of {moe_placement.n_cpu_moe} layers in RAM) would "
-        f"read {_gb(moe_placement.cpu_bytes_per_token)}",
+        "placement: whole layers: the CPU reads "
+        f"{format_bytes(layer_split.cpu_bytes_per_token)} per token, MoE placement (experts of "
+        f"{moe_placement.n_cpu_moe} layers in RAM) would read "
+        f"{format_bytes(moe_placement.cpu_bytes_per_token)}",
     )
 
 
@@ -184,21 +186,17 @@ def _with_placement(plan: Plan, text: str) -> Plan:
     return plan.with_reasons([PlanReason("placement", text)])
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
-
-
 def _moe_reason(moe: Plan, layer_split: Plan) -> str:
     line = (
         f"placement: MoE: every layer's attention, KV cache and router and the output on the "
         f"GPU, the experts of the first {moe.n_cpu_moe} layers in RAM (n_cpu_moe "
-        f"{moe.n_cpu_moe}): per token the CPU reads {_gb(moe.cpu_bytes_per_token)} (only the "
-        "experts the token uses)"
+        f"{moe.n_cpu_moe}): per token the CPU reads {format_bytes(moe.cpu_bytes_per_token)} "
+        "(only the experts the token uses)"
     )
     if layer_split.fits:
         line += (
-            f", against {_gb(layer_split.cpu_bytes_per_token)} with the best whole-layer split "
-            f"({layer_split.gpu_repeating_layers} layers on the GPU)"
+            f", against {format_bytes(layer_split.cpu_bytes_per_token)} with the best "
+            f"whole-layer split ({layer_split.gpu_repeating_layers} layers on the GPU)"
         )
     return line
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,9 +108,10 @@ def test_chinese_streams_in_whole_characters(
         e.text for e in run(chat_engine, [ChatMessage(U, question)]) if isinstance(e, TextDelta)
     ]
     assert deltas and "龘" in deltas
-    for delta in deltas:
+    assert "".join(deltas) == RIG_TEXT
+    for delta in deltas:  # no replacement character, no lone surrogate from a split byte
         assert "\ufffd" not in delta
-        assert delta.encode("utf-8").decode("utf-8") == delta
+        assert not any("\ud800" <= ch <= "\udfff" for ch in delta)
 
 
 def test_length_stop(chat_engine: LlamaEngine) -> None:
@@ -215,17 +216,27 @@ def test_regenerating_the_same_prompt_evaluates_one_token(chat_engine: LlamaEngi
 
 
 def test_one_reply_at_a_time_across_threads(chat_engine: LlamaEngine) -> None:
-    results: list[ReplyResult] = []
+    """A reply paused mid-stream holds the engine: another thread's reply produces nothing until
+    the first has ended. The log of events, in the order they happened, tells interleaving from
+    one reply after the other, whatever the threads' timing."""
+    log: list[tuple[str, str]] = []
+    first = chat_engine.stream_reply([ChatMessage(U, "问题一")])
+    log.append(("first", type(next(first)).__name__))  # the first reply now holds the engine
+    second_began = threading.Event()
 
-    def ask(text: str) -> None:
-        results.append(collect_reply(chat_engine.stream_reply([ChatMessage(U, text)])))
+    def second() -> None:
+        for event in chat_engine.stream_reply([ChatMessage(U, "问题二")]):
+            second_began.set()
+            log.append(("second", type(event).__name__))
 
-    threads = [threading.Thread(target=ask, args=(f"问题{i}",)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [r.text for r in results] == [RIG_TEXT] * 3
+    other = threading.Thread(target=second)
+    other.start()
+    second_began.wait(0.5)  # a chance to interleave; an engine without its lock would take it
+    log += [("first", type(event).__name__) for event in first]
+    other.join()
+    whose = [who for who, _ in log]
+    assert whose == sorted(whose)  # every "first" event before any "second" one
+    assert ("first", "ReplyResult") in log and log[-1] == ("second", "ReplyResult")
 
 
 # -- raw completions -------------------------------------------------------------------------
@@ -253,8 +264,11 @@ def test_a_raw_huozi_prompt_is_answered_and_stops_at_end_of_utterance(
 def test_a_raw_prompt_parses_special_tokens_unless_told_not_to(
     completion_engine: LlamaEngine,
 ) -> None:
-    def prompt_tokens(prompt: str, **kw: bool) -> int:
-        result = collect_reply(completion_engine.stream_completion(prompt, **kw))
+    def prompt_tokens(prompt: str, *, parse_special: bool = True, add_bos: bool = True) -> int:
+        events = completion_engine.stream_completion(
+            prompt, parse_special=parse_special, add_bos=add_bos
+        )
+        result = collect_reply(events)
         assert result.text == RIG_TEXT
         return result.prompt_tokens
 
@@ -294,7 +308,7 @@ def test_a_raw_completion_can_be_cancelled(
             seen.append(event.text)
             if len(seen) == 3:
                 cancel.set()
-        else:
+        elif isinstance(event, ReplyResult):
             result = event
     assert result is not None and result.stop_reason == "cancelled"
     assert len(seen) == 3 and result.text == "".join(seen)
@@ -310,6 +324,7 @@ def test_raw_prompts_that_cannot_run_are_one_line_errors(loop_engine: LlamaEngin
 def test_a_chat_reply_after_raw_completions_still_works(completion_engine: LlamaEngine) -> None:
     collect_reply(completion_engine.stream_completion(HUOZI_PROMPT))
     unfinished = completion_engine.stream_completion(HUOZI_PROMPT)
+    assert isinstance(unfinished, Generator)  # the server closes it when a client hangs up
     assert isinstance(next(unfinished), TextDelta)
     unfinished.close()  # a client that hung up mid-reply
     results: list[ReplyResult] = []

@@ -113,7 +113,8 @@ def rpc_grid(path: Path, shape: ModelShape, contexts: list[int], placements: str
         "| n_gpu_layers | n_cpu_moe | n_ctx | flash attn | estimate MiB | llama.cpp MiB | ratio |"
     )
     print("|---|---|---|---|---|---|---|")
-    planning, below = [], []
+    planning: list[float] = []
+    below: list[float] = []
     with RpcWorker() as worker:
         for (ngl, moe), n_ctx, flash in itertools.product(pairs, contexts, (True, False)):
             report = dry_run_buffers(

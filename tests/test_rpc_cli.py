@@ -6,6 +6,7 @@ worker (the test process itself never connects to it).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -87,6 +88,7 @@ def test_a_worker_lost_mid_reply_ends_the_reply_and_the_chat_goes_on(
         assert chat.stdin is not None and chat.stdout is not None and chat.stderr is not None
         chunks: queue.Queue[bytes] = queue.Queue()
         stdout = chat.stdout
+        assert isinstance(stdout, io.BufferedReader)  # read1: what has arrived, without waiting
 
         def pump() -> None:
             for chunk in iter(lambda: stdout.read1(4096), b""):

@@ -103,7 +103,7 @@ def _middleware(
     bind_host: str, cors_origins: Sequence[str], max_body_bytes: int
 ) -> list[Middleware]:
     guard = Middleware(
-        RequestGuard,  # type: ignore[arg-type]  # a plain ASGI class, typed with our aliases
+        RequestGuard,
         hosts=HostPolicy(bind_host),
         max_body_bytes=max_body_bytes,
     )

@@ -12,7 +12,7 @@ from huozi_local.commands._engine_load import add_model_options
 from huozi_local.core.errors import HuoziError
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "ask",
         help="ask one question and stream the reply",

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "download",
         help="download a model (resumable, verified, repaired for today's llama.cpp)",

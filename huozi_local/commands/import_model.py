@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "import",
         help="use a .gguf file you already have (repaired into the models folder if needed)",

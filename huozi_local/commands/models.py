@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "models",
         help="list model families, quants, sizes, what is downloaded and what fits",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from huozi_local.commands._engine_load import add_model_options
 
@@ -19,7 +18,7 @@ EXTRA_HINT = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve the model over an OpenAI-compatible HTTP API",

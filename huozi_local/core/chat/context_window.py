@@ -60,8 +60,9 @@ def fit_to_context(
     newest first, only until the budget is spent, and the oldest turns are dropped by those
     cumulative counts. Re-tokenizing the remainder once per dropped turn, as before, was
     quadratic: a 2000-turn conversation held the server's only generation worker for minutes.
-    The kept prompt is tokenized once more to be exact; should a template not add up turn by
-    turn, a binary search over where to start settles it in a logarithmic number of steps.
+    The kept prompt (and the one with one more turn) is tokenized once more to be exact; should a
+    template not add up turn by turn, a binary search over where to start settles it in a
+    logarithmic number of steps.
     """
     reserve = reply_reserve(n_ctx, max_tokens)
     head, turns = split_turns(messages)
@@ -69,15 +70,20 @@ def fit_to_context(
     def prompt_from(first_kept: int) -> list[int]:
         return tokens_of([*head, *[m for turn in turns[first_kept:] for m in turn]])
 
+    budget = n_ctx - reserve
     kept_from = 0
     tokens = prompt_from(0)
-    if len(tokens) + reserve > n_ctx and len(turns) > 1:
-        kept_from = _first_turn_that_fits(head, turns, tokens_of, n_ctx - reserve)
+    if len(tokens) > budget and len(turns) > 1:
+        kept_from = _first_turn_that_fits(head, turns, tokens_of, budget)
         tokens = prompt_from(kept_from)
-        if len(tokens) + reserve > n_ctx and kept_from < len(turns) - 1:
-            kept_from, tokens = _search_first_fitting(
-                kept_from + 1, len(turns) - 1, prompt_from, n_ctx - reserve
-            )
+        if len(tokens) > budget:  # the template costs more than its turns: start later
+            if kept_from < len(turns) - 1:
+                found = _search_first_fitting(kept_from + 1, len(turns) - 1, prompt_from, budget)
+                kept_from, tokens = found or (len(turns) - 1, prompt_from(len(turns) - 1))
+        elif kept_from > 0 and len(one_more := prompt_from(kept_from - 1)) <= budget:
+            # ... or less (a system message folded into the first turn): start earlier
+            found = _search_first_fitting(0, kept_from - 2, prompt_from, budget)
+            kept_from, tokens = found or (kept_from - 1, one_more)
     if len(tokens) + MIN_REPLY_TOKENS > n_ctx:
         raise HuoziError(
             f"the last message is too long for the context window ({len(tokens)} prompt tokens, "
@@ -112,17 +118,16 @@ def _first_turn_that_fits(
 
 def _search_first_fitting(
     low: int, high: int, prompt_from: Callable[[int], list[int]], budget: int
-) -> tuple[int, list[int]]:
-    """The smallest start in [low, high] whose prompt fits `budget` (else `high`), by bisection:
-    a later start never makes the prompt longer."""
-    best = high
-    best_tokens: list[int] | None = None
+) -> tuple[int, list[int]] | None:
+    """The smallest start in [low, high] whose prompt fits `budget`, by bisection (a later
+    start never makes the prompt longer); None when none does."""
+    best: tuple[int, list[int]] | None = None
     while low <= high:
         middle = (low + high) // 2
         tokens = prompt_from(middle)
         if len(tokens) <= budget:
-            best, best_tokens = middle, tokens
+            best = (middle, tokens)
             high = middle - 1
         else:
             low = middle + 1
-    return best, best_tokens if best_tokens is not None else prompt_from(best)
+    return best

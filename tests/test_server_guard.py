@@ -240,3 +240,15 @@ def test_a_type_error_does_not_echo_a_huge_value_back(server: RunningServer) -> 
     ).encode()
     status, _headers, raw = request(server, "POST", "/chat/completions", body, JSON)
     assert status == 400 and len(raw) < 1000
+
+
+def test_a_server_with_an_api_key_answers_any_host_name(engine: LlamaEngine) -> None:
+    """Other machines reach a keyed server by its name (`--endpoint http://gpu-box:8000/v1`);
+    a rebinding page cannot use it without the key."""
+    with running_server(engine, api_key="s3cret") as keyed:
+        named = {"Host": "gpu-box:8000"}
+        status, _headers, _raw = request(keyed, "GET", "/models", None, named)
+        assert status == 401
+        authorized = {**named, "Authorization": "Bearer s3cret"}
+        status, _headers, _raw = request(keyed, "GET", "/models", None, authorized)
+        assert status == 200

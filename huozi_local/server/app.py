@@ -69,7 +69,8 @@ def create_app(
 ) -> Starlette:
     """Build the app; `app.state.generation_queue` is exposed so a signal handler can cancel it.
 
-    `bind_host` decides which Host headers are answered (see `guard`); CORS headers are sent
+    `bind_host` decides which Host headers a server without `api_key` answers (see `guard`);
+    CORS headers are sent
     only for `cors_origins` (none by default: no web page may read the answers)."""
     generation = GenerationQueue()
     api = _Api(served, generation, api_key, defaults or SamplingOptions())
@@ -93,18 +94,21 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_error, APIError: _api_error},
         lifespan=lifespan,
-        middleware=_middleware(bind_host, cors_origins, max_body_bytes),
+        middleware=_middleware(bind_host, cors_origins, max_body_bytes, keyed=bool(api_key)),
     )
     app.state.generation_queue = generation
     return app
 
 
 def _middleware(
-    bind_host: str, cors_origins: Sequence[str], max_body_bytes: int
+    bind_host: str, cors_origins: Sequence[str], max_body_bytes: int, *, keyed: bool
 ) -> list[Middleware]:
+    """The guard, then CORS when origins were given. With an API key the Host check is off: a
+    rebinding page cannot use a server that wants a key it does not have, and other machines
+    reach a keyed server by whatever name they know it by (`--endpoint http://gpu-box:8000`)."""
     guard = Middleware(
         RequestGuard,
-        hosts=HostPolicy(bind_host),
+        hosts=None if keyed else HostPolicy(bind_host),
         max_body_bytes=max_body_bytes,
     )
     if not cors_origins:

@@ -4,8 +4,9 @@ The server listens on loopback without a key by default, which any web page the 
 otherwise drive: a `text/plain` POST needs no CORS preflight, and a DNS name an attacker points at
 127.0.0.1 (DNS rebinding) makes the browser treat the answers as same-origin and read them. So:
 
-- the Host header must name the address the server is bound to, a localhost name, or (when bound
-  to every interface) an IP address: a rebinding attack always arrives under its own DNS name;
+- without an API key, the Host header must name the address the server is bound to, a localhost
+  name, or (when bound to every interface) an IP address: a rebinding attack always arrives under
+  its own DNS name (with a key it gets 401 anyway, so a keyed server answers any name);
 - a POST must say `Content-Type: application/json`, which a page cannot send cross-site without a
   preflight, and this server answers no preflight unless `--cors ORIGIN` asks it to;
 - a body larger than `max_body_bytes` is refused with 413 before it is read (by its
@@ -63,8 +64,13 @@ class RequestGuard:
     """ASGI middleware applying the Host, Content-Type and body-size rules above."""
 
     def __init__(
-        self, app: ASGIApp, *, hosts: HostPolicy, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        app: ASGIApp,
+        *,
+        hosts: HostPolicy | None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        """`hosts` None: any Host is answered (a server that requires an API key)."""
         self.app = app
         self.hosts = hosts
         self.max_body_bytes = max_body_bytes
@@ -75,10 +81,10 @@ class RequestGuard:
             return
         headers = _headers(scope)
         host = headers.get("host")
-        if host is not None and not self.hosts.allows(host):
+        if host is not None and self.hosts is not None and not self.hosts.allows(host):
             message = (
                 f"this server does not answer for host '{_printable(host)}' (it protects itself "
-                "from DNS rebinding): use its address or localhost"
+                "from DNS rebinding): use its address or localhost, or start it with --api-key"
             )
             await _refuse(send, 400, message, code="invalid_host")
             return

@@ -6,12 +6,12 @@ blocks until then. Both run the one decode loop in `decode_loop`. Token
 counting (`prompt_tokens`, `count_tokens`) does not take the lock. Cancel a reply from any thread by
 setting its `cancel` event; generation stops before the next token.
 
-KV-cache reuse: llama-cpp-python keeps the tokens it evaluated and reuses their longest common
-prefix with the next prompt. Re-tokenizing a reply's text does not always give back the ids the
-model generated, so the engine remembers the exact ids of the replies it produced (keyed by their
-text) and puts them back when a reply returns in the history: turn N then evaluates only what was
-added since turn N-1. When old turns are dropped to fit the context, the prefix after the system
-message changes and the rest is evaluated again.
+KV-cache reuse: the engine's `KvSession` records the tokens in llama.cpp's KV cache and keeps
+their longest common prefix with the next prompt. Re-tokenizing a reply's text does not always
+give back the ids the model generated, so the engine remembers the exact ids of the replies it
+produced (keyed by their text) and puts them back when a reply returns in the history: turn N then
+evaluates only what was added since turn N-1. When old turns are dropped to fit the context, the
+prefix after the system message changes and the rest is evaluated again.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from huozi_local.core import huozi
 from huozi_local.core.chat.context_window import fit_to_context
 from huozi_local.core.chat.decode_loop import decode_reply
+from huozi_local.core.chat.kv_session import KvSession
 from huozi_local.core.chat.loader import check_model_file, load_llama
 from huozi_local.core.chat.safe_tokenizer import SafeTokenizer
 from huozi_local.core.chat.template import (
@@ -101,6 +102,8 @@ class LlamaEngine:
         self._stop_ids = frozenset(stops)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._bos_id = llm.token_bos()
+        self._n_vocab = n_vocab
+        self._session = KvSession(llm.ctx)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -144,7 +147,13 @@ class LlamaEngine:
 
     def close(self) -> None:
         with self._lock:
+            self._session.close()
             self._llm.close()
+
+    def clear_cache(self) -> None:
+        """Forget the KV cache: the next reply evaluates its whole prompt (benchmarks, tests)."""
+        with self._lock:
+            self._session.clear()
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -153,7 +162,8 @@ class LlamaEngine:
 
     @property
     def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
+        """The context llama.cpp really allocated (it pads the requested size to 256)."""
+        return self._session.n_ctx
 
     @property
     def is_huozi(self) -> bool:
@@ -311,10 +321,11 @@ class LlamaEngine:
     ) -> Iterator[ReplyEvent]:
         stop_texts = (huozi.END_OF_UTTERANCE, *options.stop) if self._is_huozi else options.stop
         yield from decode_reply(
-            self._llm,
+            self._session,
             prompt,
             options,
             cancel,
+            n_vocab=self._n_vocab,
             stop_ids=self._stop_ids,
             stop_texts=stop_texts,
             piece=self._reply_piece,
@@ -324,6 +335,11 @@ class LlamaEngine:
             dropped_messages=dropped_messages,
             on_finished=on_finished,
         )
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens llama.cpp's KV cache holds now, in order (diagnostics and tests)."""
+        return self._session.cached_tokens()
 
     def _remember_exact_reply(self, text: str, ids: list[int]) -> None:
         if b"".join(map(self._reply_piece, ids)).decode("utf-8", "replace") == text:

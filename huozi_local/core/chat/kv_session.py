@@ -1,0 +1,154 @@
+"""llama.cpp's context driven directly: one reused batch and our own record of the KV cache.
+
+`Llama.generate` costs a reply 0.5-0.7 ms a token in Python (its `input_ids`/`scores` arrays, a
+sampler wrapper, a batch refilled element by element), which on a small or fast model is a third
+of the time. Here the context is fed through llama.cpp's C API: one `llama_batch` allocated once
+and filled with `memmove`, `llama_decode`, and a plain list saying which token sits at each
+position of the cache. That list is what makes exact-prefix reuse work: a new prompt keeps the
+longest prefix it shares with it, the rest is removed from the cache, and only the new tokens are
+evaluated. The record is sized by what llama.cpp really allocated, never by what was requested.
+
+Not thread-safe: the engine's lock serializes every use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from huozi_local.core.errors import HuoziError
+
+_DECODE_ERRORS = {
+    1: "no room left in the KV cache",
+    2: "the evaluation was aborted",
+    -1: "the batch was invalid",
+}
+
+
+class KvSession:
+    """Sequence 0 of one llama.cpp context: what it holds, and how to add to it."""
+
+    def __init__(self, ctx: Any) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self.n_batch = max(1, int(llama_cpp.llama_n_batch(ctx)))
+        batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._batch: Any = batch
+        self._token = batch.token
+        self._pos = batch.pos
+        self._logits = batch.logits
+        for i in range(self.n_batch):  # every token belongs to sequence 0, once and for all
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+        self._tokens: list[int] = []
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+
+    @property
+    def context(self) -> Any:
+        """The `llama_context *` this session feeds (samplers read its logits)."""
+        return self._ctx
+
+    # -- what the cache holds -------------------------------------------------------------
+    @property
+    def n_cached(self) -> int:
+        return len(self._tokens)
+
+    def cached_tokens(self) -> list[int]:
+        """A copy of the tokens the KV cache holds, position by position."""
+        return list(self._tokens)
+
+    def clear(self) -> None:
+        """Forget everything (the next prompt is evaluated in full)."""
+        self._lib.llama_memory_clear(self._memory, True)
+        self._tokens.clear()
+
+    def keep_prefix_of(self, prompt: Sequence[int]) -> int:
+        """Keep the longest cached prefix of `prompt`, drop the rest; return how many were kept.
+
+        The whole prompt is never kept: its last token is evaluated again so that there are
+        logits to sample from. The cache is cut at the kept length even when the record ends
+        there, so a token the cache got but the record missed (an interrupt right after a
+        decode) cannot linger.
+        """
+        limit = min(len(self._tokens), len(prompt) - 1)
+        common = _common_prefix(self._tokens, prompt, limit)
+        if not self._lib.llama_memory_seq_rm(self._memory, 0, common, -1):
+            self._lib.llama_memory_clear(self._memory, True)  # a cache that cannot be cut
+            common = 0
+        del self._tokens[common:]
+        return common
+
+    # -- adding to it ---------------------------------------------------------------------
+    def evaluate(self, tokens: Sequence[int], cancel: threading.Event | None = None) -> bool:
+        """Append `tokens` in `n_batch` chunks, logits for the last one only.
+
+        Returns False, with the chunks so far kept, when `cancel` is set between chunks.
+        """
+        if self.n_cached + len(tokens) > self.n_ctx:
+            raise HuoziError(
+                f"{self.n_cached + len(tokens)} tokens do not fit the context ({self.n_ctx})"
+            )
+        for start in range(0, len(tokens), self.n_batch):
+            if cancel is not None and cancel.is_set():
+                return False
+            chunk = tokens[start : start + self.n_batch]
+            last = start + self.n_batch >= len(tokens)
+            self._fill(chunk, with_logits=last)
+            self._decode(chunk)
+        return True
+
+    def push(self, token: int) -> None:
+        """Append one generated token (the per-token step: four stores and one C call)."""
+        self._token[0] = token
+        self._pos[0] = len(self._tokens)
+        self._logits[0] = 1
+        self._batch.n_tokens = 1
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            self._fail(rc)
+        self._tokens.append(token)
+
+    def _fill(self, chunk: Sequence[int], *, with_logits: bool) -> None:
+        n = len(chunk)
+        start = len(self._tokens)
+        ctypes.memmove(self._token, (ctypes.c_int32 * n)(*chunk), 4 * n)
+        ctypes.memmove(self._pos, (ctypes.c_int32 * n)(*range(start, start + n)), 4 * n)
+        ctypes.memset(self._logits, 0, n)
+        self._logits[n - 1] = 1 if with_logits else 0
+        self._batch.n_tokens = n
+
+    def _decode(self, chunk: Sequence[int]) -> None:
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            self._fail(rc)
+        self._tokens.extend(chunk)
+
+    def _fail(self, rc: int) -> None:
+        # after a failed decode part of the batch may be in the cache: start clean next time
+        self.clear()
+        reason = _DECODE_ERRORS.get(rc, "a fatal error")
+        raise HuoziError(f"llama.cpp could not evaluate the tokens: {reason} (code {rc})")
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of a[:limit] and b[:limit] (slice compares run in C)."""
+    if list(a[:limit]) == list(b[:limit]):
+        return limit
+    low, high = 0, limit  # a[:low] == b[:low], a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if list(a[low:middle]) == list(b[low:middle]):
+            low = middle
+        else:
+            high = middle
+    return low

@@ -1,0 +1,252 @@
+"""The native decode loop: the KV record, prompt chunks, sampler chain, seeds and context sizes.
+
+All on real tiny models through llama.cpp; no conversation here comes from ../shared.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from huozi_local.core import huozi
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.kv_session import KvSession
+from huozi_local.core.chat.sampler_chain import PENALTY_LAST_N, SamplerChain, chain_seed
+from huozi_local.core.chat.types import (
+    ChatMessage,
+    ReplyResult,
+    SamplingOptions,
+    TextDelta,
+    collect_reply,
+)
+from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
+
+# A conversation of our own (Chinese and English, short and long turns).
+QUESTIONS = (
+    "你好！请介绍一下哈尔滨工业大学。",
+    "它的计算机学科有哪些特色？",
+    "Please answer in English: what is a mixture of experts?",
+    "把上面的回答翻译成中文，并列出三个要点。",
+    "最后，用一句话总结我们的对话。",
+)
+
+# Flat sampling over a random model: every reply is a draw from thousands of tokens.
+RANDOM = SamplingOptions(
+    temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=24
+)
+
+
+@pytest.fixture(scope="module")
+def chat_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def random_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=512)
+    yield eng
+    eng.close()
+
+
+def reply_text(engine: LlamaEngine, messages: list[ChatMessage], options: SamplingOptions) -> str:
+    engine.clear_cache()  # every draw starts from the same evaluated prompt
+    return collect_reply(engine.stream_reply(messages, options)).text
+
+
+# -- the KV record ---------------------------------------------------------------------------
+def test_the_cache_holds_the_prompt_and_the_exact_reply_ids(chat_engine: LlamaEngine) -> None:
+    history: list[ChatMessage] = []
+    previous: list[int] = []
+    for question in QUESTIONS:
+        history.append(ChatMessage("user", question))
+        prompt = chat_engine.prompt_tokens(history)
+        assert prompt[: len(previous)] == previous  # the last reply's ids came back verbatim
+        result = collect_reply(chat_engine.stream_reply(history))
+        assert (result.text, result.stop_reason) == (RIG_TEXT, "stop")
+        cached = chat_engine.cached_tokens
+        # the prompt, then every generated token; the stop token was sampled, never evaluated
+        assert cached[: len(prompt)] == prompt and len(cached) == len(prompt) + 9
+        if previous:
+            assert result.evaluated_prompt_tokens == len(prompt) - len(previous)
+            assert prompt[len(previous)] == huozi.END_OF_UTTERANCE_ID
+        else:
+            assert result.evaluated_prompt_tokens == len(prompt)
+        history.append(ChatMessage("assistant", result.text))
+        previous = cached
+
+
+def test_an_edited_earlier_message_reevaluates_from_the_edit(chat_engine: LlamaEngine) -> None:
+    first = [ChatMessage("user", QUESTIONS[0])]
+    collect_reply(chat_engine.stream_reply(first))
+    edited = [ChatMessage("user", QUESTIONS[0] + "还有深圳校区。")]
+    prompt = chat_engine.prompt_tokens(edited)
+    old = chat_engine.prompt_tokens(first)
+    shared = next(i for i, (a, b) in enumerate(zip(prompt, old, strict=False)) if a != b)
+    result = collect_reply(chat_engine.stream_reply(edited))
+    assert result.evaluated_prompt_tokens == len(prompt) - shared
+    assert chat_engine.cached_tokens[: len(prompt)] == prompt
+
+
+class CancelAfter(threading.Event):
+    """An event that reports itself set from its `checks`-th look on."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.looks = 0
+        self._checks = checks
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self._checks
+
+
+def test_a_long_prompt_is_evaluated_in_batches_and_cancels_between_them(
+    tiny_models: TinyModels,
+) -> None:
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
+    session = KvSession(engine.llama.ctx)  # a second view of the context; the engine sits idle
+    try:
+        assert session.n_batch == 512 and session.n_ctx == 2048
+        tokens = engine.llama.tokenize(("请详细解释" * 300).encode(), add_bos=True, special=False)
+        assert len(tokens) > 2 * session.n_batch
+        cancel = CancelAfter(2)
+        assert session.evaluate(tokens, cancel) is False
+        assert session.cached_tokens() == tokens[: session.n_batch]  # one batch, then it stopped
+        # the next evaluation keeps that batch and adds the rest
+        assert session.keep_prefix_of(tokens) == session.n_batch
+        assert session.evaluate(tokens[session.n_batch :]) is True
+        assert session.cached_tokens() == tokens
+    finally:
+        session.close()
+        engine.close()
+
+
+def test_a_cancelled_prompt_keeps_what_it_evaluated(chat_engine: LlamaEngine) -> None:
+    long_question = [ChatMessage("user", "请详细解释" * 200)]
+    prompt = chat_engine.prompt_tokens(long_question)
+    chat_engine.clear_cache()
+    cancelled = collect_reply(chat_engine.stream_reply(long_question, None, CancelAfter(2)))
+    assert (cancelled.stop_reason, cancelled.completion_tokens) == ("cancelled", 0)
+    assert chat_engine.cached_tokens == prompt[:512]
+    again = collect_reply(chat_engine.stream_reply(long_question))
+    assert again.evaluated_prompt_tokens == len(prompt) - 512 and again.text == RIG_TEXT
+
+
+# -- stops -----------------------------------------------------------------------------------
+def test_stop_texts_and_stop_ids_end_the_reply_without_showing_the_stop(
+    chat_engine: LlamaEngine,
+) -> None:
+    question = [ChatMessage("user", QUESTIONS[1])]
+    by_text = collect_reply(chat_engine.stream_reply(question, SamplingOptions(stop=("龘世",))))
+    assert (by_text.text, by_text.stop_reason) == ("你好，", "stop")
+    comma = chat_engine.llama.tokenize("，".encode(), add_bos=False, special=False)[-1]
+    events = list(chat_engine.stream_reply(question, SamplingOptions(stop_token_ids=(comma,))))
+    result = events[-1]
+    assert isinstance(result, ReplyResult)
+    assert (result.text, result.stop_reason, result.completion_tokens) == ("你好", "stop", 2)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "你好"
+
+
+# -- sampling and seeds ----------------------------------------------------------------------
+def test_a_seeded_request_repeats_and_does_not_fix_later_unseeded_ones(
+    random_engine: LlamaEngine,
+) -> None:
+    question = [ChatMessage("user", QUESTIONS[2])]
+    seeded = SamplingOptions(**{**RANDOM.__dict__, "seed": 42})
+    first = reply_text(random_engine, question, seeded)
+    assert reply_text(random_engine, question, seeded) == first
+    later = [reply_text(random_engine, question, RANDOM) for _ in range(2)]
+    assert len({first, *later}) == 3  # each unseeded reply is a fresh draw
+    other_seed = SamplingOptions(**{**RANDOM.__dict__, "seed": 43})
+    assert reply_text(random_engine, question, other_seed) != first
+
+
+def test_the_engine_seed_is_the_default_and_a_request_seed_wins(tiny_models: TinyModels) -> None:
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=512, seed=7)
+    try:
+        question = [ChatMessage("user", QUESTIONS[3])]
+        default = reply_text(engine, question, RANDOM)
+        assert reply_text(engine, question, RANDOM) == default
+        own = SamplingOptions(**{**RANDOM.__dict__, "seed": 8})
+        assert reply_text(engine, question, own) != default
+        assert reply_text(engine, question, RANDOM) == default  # request 8 did not stick
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def loop_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), n_ctx=512)
+    yield eng
+    eng.close()
+
+
+@pytest.mark.parametrize(
+    ("rig", "temp", "penalty"),
+    [("none", 0.9, 1.0), ("none", 0.9, 1.8), ("loop", 0.9, 50.0), ("loop", 0.0, 50.0)],
+)
+def test_the_sampler_chain_draws_what_llama_cpp_python_draws(
+    random_engine: LlamaEngine, loop_engine: LlamaEngine, rig: str, temp: float, penalty: float
+) -> None:
+    """Same seed, same settings: token for token what `Llama.generate` samples, penalty included.
+
+    The chain moves the repeat penalty behind a wider top-k (see sampler_chain); this shows the
+    move changes nothing. On the loop rig a penalty of 50 breaks the loop, so there it decides.
+    """
+    engine = random_engine if rig == "none" else loop_engine
+    llm = engine.llama
+    question = [ChatMessage("user", QUESTIONS[4])]
+    prompt = engine.prompt_tokens(question)
+    options = SamplingOptions(
+        temperature=temp, top_k=40, top_p=0.95, min_p=0.02, repeat_penalty=penalty, seed=5
+    )
+    options = SamplingOptions(**{**options.__dict__, "max_tokens": 48})
+    llm.set_seed(5)
+    llm.reset()
+    expected: list[int] = []
+    for token in llm.generate(
+        prompt, top_k=40, top_p=0.95, min_p=0.02, temp=temp, repeat_penalty=penalty
+    ):
+        expected.append(token)
+        if len(expected) == 48:
+            break
+    engine.clear_cache()  # Llama.generate rewrote the cache behind the engine's back
+    result = collect_reply(engine.stream_reply(question, options))
+    cached = engine.cached_tokens
+    engine.clear_cache()
+    assert not set(expected) & engine.stop_token_ids
+    assert result.completion_tokens == 48 and result.stop_reason == "length"
+    # the cache held every generated token but the last, which was never evaluated
+    assert cached[len(prompt) :] == expected[:-1]
+    assert result.text == llm.detokenize(expected).decode("utf-8", "replace")
+    if (rig, temp) == ("loop", 0.9):
+        assert RIG_TEXT * 2 not in result.text  # the penalty broke the loop
+
+
+def test_the_chain_penalizes_behind_a_wider_top_k_only_when_that_is_exact(
+    random_engine: LlamaEngine,
+) -> None:
+    n_vocab = random_engine.llama.n_vocab()
+
+    def names(**kw: Any) -> list[str]:
+        with SamplerChain(SamplingOptions(**kw), None, n_vocab) as chain:
+            return chain.names
+
+    assert names() == ["top_k", "penalties", "top_k", "top_p", "min_p", "temp", "dist"]
+    assert names(repeat_penalty=1.0) == ["top_k", "top_p", "min_p", "temp", "dist"]
+    assert names(temperature=0.0) == ["top_k", "penalties", "greedy"]
+    # a penalty below 1 raises logits, and top_k 0 means the whole vocabulary: no shortcut
+    assert names(repeat_penalty=0.9) == ["penalties", "top_k", "top_p", "min_p", "temp", "dist"]
+    assert names(top_k=0) == ["penalties", "top_p", "min_p", "temp", "dist"]
+    assert PENALTY_LAST_N == 64
+    assert (chain_seed(None), chain_seed(-1), chain_seed(5), chain_seed(2**32 + 5)) == (
+        0xFFFFFFFF,
+        0xFFFFFFFF,
+        5,
+        5,
+    )

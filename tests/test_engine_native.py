@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from huozi_local.core import huozi
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.kv_session import KvSession
+from huozi_local.core.chat.loader import padded_n_ctx
 from huozi_local.core.chat.sampler_chain import PENALTY_LAST_N, SamplerChain, chain_seed
 from huozi_local.core.chat.types import (
     ChatMessage,
@@ -250,3 +252,44 @@ def test_the_chain_penalizes_behind_a_wider_top_k_only_when_that_is_exact(
         5,
         5,
     )
+
+
+# -- context sizes ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("requested", "real"), [(64, 256), (1000, 1024)])
+def test_any_context_size_works_at_the_size_llama_cpp_really_has(
+    tiny_models: TinyModels, requested: int, real: int
+) -> None:
+    assert padded_n_ctx(requested) == real
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), n_ctx=requested)
+    try:
+        assert engine.n_ctx == real
+        question = [ChatMessage("user", QUESTIONS[0])]
+        result = collect_reply(engine.stream_reply(question, SamplingOptions(max_tokens=real)))
+        # past the requested size (the old crash), up to the last position of the real one
+        assert result.stop_reason == "length"
+        assert result.prompt_tokens + result.completion_tokens == real
+        assert len(engine.cached_tokens) == real - 1
+        raw = collect_reply(engine.stream_completion("再来", SamplingOptions(max_tokens=real)))
+        assert raw.prompt_tokens + raw.completion_tokens == real
+    finally:
+        engine.close()
+
+
+def test_ask_with_small_and_odd_context_sizes(tiny_models: TinyModels, huozi_home: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = tiny_models.get("merged", "q4_0", "chat")
+    for ctx in ("64", "1000"):
+        command = ["ask", "你好", "--json", "--ctx", ctx, "--model", str(model)]
+        done = subprocess.run(
+            [sys.executable, "-m", "huozi_local", *command],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HUOZI_HOME": str(huozi_home)},
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["text"] == RIG_TEXT

@@ -37,6 +37,18 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 KV_CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids (GGML_TYPE_*)
+N_CTX_PAD = 256  # llama.cpp rounds every context up to a multiple of this (llama-context.cpp)
+
+
+def padded_n_ctx(n_ctx: int) -> int:
+    """The context llama.cpp will really allocate for a request of `n_ctx` (0: the model's own).
+
+    Asking for exactly that size keeps llama-cpp-python's own buffers (sized by the request) the
+    same size as llama.cpp's cache, and makes the padding visible instead of a surprise.
+    """
+    return -(-n_ctx // N_CTX_PAD) * N_CTX_PAD if n_ctx > 0 else n_ctx
+
+
 PROGRESS_STEPS = 1000
 
 
@@ -220,7 +232,7 @@ def load_llama(
     callback = llama_cpp.llama_progress_callback(on_progress)
     llama_class = _build_llama_class(llama_cpp, callback, device, no_alloc=no_alloc, rpc=rpc)
     kwargs: dict[str, Any] = {
-        "n_ctx": n_ctx,
+        "n_ctx": padded_n_ctx(n_ctx),
         "n_gpu_layers": n_gpu_layers,
         "n_threads": n_threads,
         "flash_attn": flash_attn,

@@ -62,6 +62,7 @@ def reply_text(engine: LlamaEngine, messages: list[ChatMessage], options: Sampli
 
 # -- the KV record ---------------------------------------------------------------------------
 def test_the_cache_holds_the_prompt_and_the_exact_reply_ids(chat_engine: LlamaEngine) -> None:
+    assert chat_engine._session._guard is None  # no RPC: llama_decode is called directly
     history: list[ChatMessage] = []
     previous: list[int] = []
     for question in QUESTIONS:
@@ -293,3 +294,46 @@ def test_ask_with_small_and_odd_context_sizes(tiny_models: TinyModels, huozi_hom
         )
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["text"] == RIG_TEXT
+
+
+# -- RPC workers -----------------------------------------------------------------------------
+def test_with_rpc_devices_every_decode_runs_under_the_loader_guard(
+    tiny_models: TinyModels,
+) -> None:
+    """A lost RPC worker must become WorkerLost: the loop decodes and samples via `_guarded`.
+
+    The model runs on this CPU (a worker that is stopped stays registered with ggml for the
+    rest of the process, which would break the RPC tests after this one); `uses_rpc` and
+    `_guarded` are set the way the loader sets them for a model with RPC devices.
+    """
+    from huozi_local.core.chat.loader import check_model_file, load_llama
+
+    path = tiny_models.get("merged", "q4_0", "chat")
+    llm: Any = load_llama(
+        path,
+        n_ctx=512,
+        n_gpu_layers=0,
+        n_threads=None,
+        flash_attn=False,
+        kv_cache_type="f16",
+        seed=None,
+        progress=None,
+        cancel=None,
+    )
+    assert llm.uses_rpc is False
+    calls: list[int] = []
+    plain_guard = llm._guarded
+
+    def counting_guard(call: Any, *args: Any) -> Any:
+        calls.append(1)
+        return plain_guard(call, *args)
+
+    llm.uses_rpc, llm._guarded = True, counting_guard
+    engine = LlamaEngine(llm, path, check_model_file(path))
+    try:
+        result = collect_reply(engine.stream_reply([ChatMessage("user", "你好")]))
+        assert (result.text, result.stop_reason) == (RIG_TEXT, "stop")
+        # the prompt (one batch), 9 tokens evaluated, 10 samples (the last one the stop token)
+        assert len(calls) == 1 + 9 + 10
+    finally:
+        engine.close()

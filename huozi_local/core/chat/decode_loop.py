@@ -60,11 +60,12 @@ def decode_reply(
     reason: StopReason = "length" if completed else "cancelled"
     first_token_at: float | None = None
     ctx = session.context
+    guard = session.guard
     with SamplerChain(options, seed, n_vocab) as sampler:
         while completed and len(ids) < budget:
             if ids:
                 session.push(ids[-1])
-            token = sampler.sample(ctx)
+            token = sampler.sample(ctx) if guard is None else guard(sampler.sample, ctx)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             if token in stop_ids:

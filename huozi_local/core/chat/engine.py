@@ -103,7 +103,8 @@ class LlamaEngine:
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._bos_id = llm.token_bos()
         self._n_vocab = n_vocab
-        self._session = KvSession(llm.ctx)
+        rpc_guard = llm._guarded if getattr(llm, "uses_rpc", False) else None
+        self._session = KvSession(llm.ctx, rpc_guard)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod

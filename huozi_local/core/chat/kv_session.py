@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from huozi_local.core.errors import HuoziError
+
+Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
 
 _DECODE_ERRORS = {
     1: "no room left in the KV cache",
@@ -28,13 +30,19 @@ _DECODE_ERRORS = {
 
 
 class KvSession:
-    """Sequence 0 of one llama.cpp context: what it holds, and how to add to it."""
+    """Sequence 0 of one llama.cpp context: what it holds, and how to add to it.
 
-    def __init__(self, ctx: Any) -> None:
+    `guard`, when given, runs each call that waits on the devices, `guard(function, *args)`
+    (the loader's `_guarded`: with RPC workers a lost worker must become `WorkerLost`, not a
+    hang); without one, calls go direct.
+    """
+
+    def __init__(self, ctx: Any, guard: Guard | None = None) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
         self._ctx = ctx
+        self._guard = guard
         self._memory = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = max(1, int(llama_cpp.llama_n_batch(ctx)))
@@ -52,6 +60,10 @@ class KvSession:
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
+
+    @property
+    def guard(self) -> Guard | None:
+        return self._guard
 
     @property
     def context(self) -> Any:
@@ -113,7 +125,7 @@ class KvSession:
         self._pos[0] = len(self._tokens)
         self._logits[0] = 1
         self._batch.n_tokens = 1
-        rc = self._lib.llama_decode(self._ctx, self._batch)
+        rc = self._run_decode()
         if rc != 0:
             self._fail(rc)
         self._tokens.append(token)
@@ -127,8 +139,13 @@ class KvSession:
         self._logits[n - 1] = 1 if with_logits else 0
         self._batch.n_tokens = n
 
+    def _run_decode(self) -> int:
+        if self._guard is None:
+            return int(self._lib.llama_decode(self._ctx, self._batch))
+        return int(self._guard(self._lib.llama_decode, self._ctx, self._batch))
+
     def _decode(self, chunk: Sequence[int]) -> None:
-        rc = self._lib.llama_decode(self._ctx, self._batch)
+        rc = self._run_decode()
         if rc != 0:
             self._fail(rc)
         self._tokens.extend(chunk)

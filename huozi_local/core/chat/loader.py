@@ -108,6 +108,7 @@ def _build_llama_class(
 ) -> Any:
     class _HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
         _huozi_broken = ""
+        uses_rpc = rpc  # the engine's own decode loop then calls llama.cpp through `_guarded`
 
         @property
         def model_params(self) -> Any:

@@ -25,6 +25,8 @@ def described_machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
     The probes themselves are tested in test_hardware.py with injected fakes.
     """
     monkeypatch.setattr(hardware, "detect_machine", lambda **_: TEST_MACHINE)
+    # CLI children run the real probes: keep a local GPU out of their plans (RPC workers count).
+    monkeypatch.setenv(hardware.IGNORE_LOCAL_GPUS_ENV, "1")
     return TEST_MACHINE
 
 

@@ -21,6 +21,7 @@ from huozi_local.core.planning.build_info import (
 )
 from huozi_local.core.planning.hardware import (
     GPU,
+    IGNORE_LOCAL_GPUS_ENV,
     GiB,
     Machine,
     MiB,
@@ -38,6 +39,12 @@ from huozi_local.core.planning.hardware import (
 CPU_BUILD = BuildInfo(
     True, "0.3.36", False, (BuildDevice("CPU", "x86-64", "cpu", 8 * GiB, 16 * GiB),), "CPU : AVX2"
 )
+
+
+@pytest.fixture(autouse=True)
+def probes_see_local_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest hides local GPUs from CLI children; these tests inject the GPUs they describe."""
+    monkeypatch.delenv(IGNORE_LOCAL_GPUS_ENV, raising=False)
 
 
 def _no_command(argv: Sequence[str]) -> str:
@@ -280,3 +287,28 @@ def test_doctor_command(capsys: pytest.CaptureFixture[str], described_machine: M
     assert data["machine"]["gpus"] == [] and data["plan"]["n_gpu_layers"] == 0
     assert main(["doctor", "--model", "/nonexistent/x.gguf"]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_ignoring_local_gpus_leaves_the_cpu_and_rpc_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cuda_build = BuildInfo(
+        True,
+        "0.3.36",
+        True,
+        (
+            BuildDevice("CUDA0", "RTX 4090", "gpu", 23 * GiB, 24 * GiB),
+            BuildDevice("RPC0", "127.0.0.1:50052", "gpu", 7 * GiB, 8 * GiB),
+        ),
+    )
+
+    def detect() -> Machine:
+        return detect_machine(
+            nvml_loader=lambda: FakeNVML(), build=cuda_build, drm=tmp_path / "d", system="Linux"
+        )
+
+    assert detect().planning_backend == "cuda"
+    monkeypatch.setenv(IGNORE_LOCAL_GPUS_ENV, "1")
+    ignored = detect()
+    assert [g.backend for g in ignored.gpus] == ["rpc"] and ignored.planning_backend == "rpc"
+    assert f"local GPUs ignored ({IGNORE_LOCAL_GPUS_ENV} is set)" in ignored.notes

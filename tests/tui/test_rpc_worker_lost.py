@@ -28,7 +28,9 @@ from pathlib import Path
 from tui_helpers import wait_for
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.devices import ggml
-from huozi_local.core.planning.hardware import detect_machine
+from dataclasses import replace
+from huozi_local.core.planning.build_info import probe_build
+from huozi_local.core.planning.hardware import GiB, Machine, rpc_gpus
 from huozi_local.testing.rpc_worker import RpcWorker
 from huozi_local.tui.app import create_app
 from huozi_local.tui.model_choice import choice_for, load_local_engine
@@ -39,7 +41,10 @@ async def main():
     with RpcWorker() as worker:
         ggml.add_rpc_servers([worker.endpoint])  # what `tui --rpc` does before the app opens
         settings = Settings(n_ctx=2048, temperature=0.0, max_tokens=100000)
-        choice = choice_for(Path(model), "tiny-huozi", "q4_0", settings, detect_machine())
+        build = probe_build()  # the real build (it must reach the worker); no local GPU counted
+        machine = replace(Machine.synthetic("cpu", 0, 24 * GiB, cores=2), build=build,
+                          gpus=tuple(rpc_gpus(build)))
+        choice = choice_for(Path(model), "tiny-huozi", "q4_0", settings, machine)
         seen["plan"] = [choice.plan.backend, choice.plan.n_gpu_layers, choice.plan.n_layers]
         backend = load_local_engine(choice)
         app = create_app(settings=settings, paths=Paths.from_env(), backend=backend,

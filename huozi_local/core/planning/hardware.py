@@ -362,6 +362,13 @@ def probe_rocm(drm: Path = Path("/sys/class/drm")) -> tuple[list[GPU], list[str]
 # -- the whole machine ----------------------------------------------------------------------
 
 
+IGNORE_LOCAL_GPUS_ENV = "HUOZI_IGNORE_LOCAL_GPUS"
+"""Set (not "0") to plan as if this machine had no GPU of its own: RPC workers and the CPU only.
+
+For a GPU you want to leave to another program, and for the test suite, whose CLI children run
+the real probes and must plan the same on any machine."""
+
+
 def detect_machine(
     *,
     build: BuildInfo | None = None,
@@ -393,11 +400,15 @@ def detect_machine(
         cpu_name, physical, logical = "unknown", os.cpu_count() or 1, os.cpu_count() or 1
         notes.append(f"CPU probe failed: {exc}")
     gpus: list[GPU] = []
-    for probe in (
+    local_probes: tuple[Callable[[], tuple[list[GPU], list[str]]], ...] = (
         lambda: probe_cuda(nvml_loader, run, which),
         lambda: probe_metal(total, run, system, arch),
         lambda: probe_rocm(drm),
-    ):
+    )
+    if os.environ.get(IGNORE_LOCAL_GPUS_ENV, "") not in ("", "0"):
+        local_probes = ()
+        notes.append(f"local GPUs ignored ({IGNORE_LOCAL_GPUS_ENV} is set)")
+    for probe in local_probes:
         try:
             found, probe_notes = probe()
         except Exception as exc:

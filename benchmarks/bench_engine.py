@@ -1,35 +1,238 @@
-"""Engine overhead and KV-cache reuse, measured on a tiny model in one run.
+"""The engine against llama.cpp's own `llama-bench` and the bare binding, in one run.
 
-1. Decode speed: the engine's tokens/s over bare `Llama.create_completion` on the same model,
-   prompt tokens and sampling settings (goal: ratio >= 0.98).
-2. A 10-turn conversation (the first turns of `--questions FILE`, MT-Bench-zh's question.jsonl
-   from ../shared when present, else the project's own Chinese conversations): prompt tokens
-   evaluated per turn against the tokens added since the previous turn (goal: equal).
-3. Time to first token of turn 10 over turn 1 (with reuse it stays near 1 although the prompt
-   grew), and turn 10's first-token time without the cache, for scale.
+1. Decode (tg): tokens/s of `LlamaEngine.stream_reply` (128 tokens after a short chat prompt,
+   the README's sampling: top-k 40, top-p 0.9, min-p 0.05, temperature 0.2, repeat penalty 1.1)
+   over llama-bench's tg128 at the same depth, and over bare `Llama.generate` with the same
+   sampling. llama-bench samples nothing, so sampling counts against the engine.
+   Goals: engine / llama-bench >= 0.97 at ~4 ms/token (tiny f32), >= 0.90 at ~1 ms/token (q4_0).
+2. Prompt processing (pp512): a 512-token prompt on an empty cache, as the time to the first
+   token of `stream_completion` (tokenizing and the first sample included) and as the bare
+   evaluation, over llama-bench's pp512. Goal: >= 0.97.
+3. A conversation (the first turns of `--questions FILE`, MT-Bench-zh's question.jsonl from
+   ../shared when present, else the project's own Chinese conversations): prompt tokens evaluated
+   per turn against the tokens added since the last one (goal: equal), and the last turn's time to
+   first token with the cache and without it.
 
-Run: HUOZI_TINY_MODELS_DIR=/tmp/tiny1 python benchmarks/bench_engine.py [--tokens 256 --runs 3]
-     [--questions FILE]
+llama-bench is built from the sdist of the installed llama-cpp-python (`llama_bench_build.py`),
+so both sides run the same ggml kernels; both use --threads threads, flash attention off and an
+f16 KV cache. Rounds interleave the three contenders (order rotating) and the figures are medians:
+the machine may be shared, and a busy neighbour then slows whichever runs at that moment.
+
+    HUOZI_TINY_MODELS_DIR=/tmp/tiny python benchmarks/bench_engine.py [--rounds 7 --threads 2]
+        [--quants f32,q4_0] [--questions FILE] [--llama-bench PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llama_bench_build import CACHE_ROOT, build_llama_bench, installed_version
+
 from huozi_local.core.chat.engine import LlamaEngine
-from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions, collect_reply
+from huozi_local.core.chat.kv_session import KvSession
+from huozi_local.core.chat.types import (
+    ChatMessage,
+    ReplyResult,
+    SamplingOptions,
+    collect_reply,
+)
 from huozi_local.testing.conversations import CONVERSATIONS, load_conversations
-from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.testing.tiny_model import Quant, TinyModels
 
 MT_BENCH_ZH = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "mt-bench-zh" / "question.jsonl"
 )
+QUESTION = "请介绍一下哈尔滨工业大学的历史。"
+README_SAMPLING = SamplingOptions(
+    temperature=0.2, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.1, seed=1
+)
+LONG_TEXT = (
+    "哈尔滨工业大学始建于1920年，是一所以理工为主的全国重点大学。"
+    "Harbin Institute of Technology was founded in 1920 and is known for engineering. "
+    "社会计算与信息检索研究中心研发了活字大模型，它能够回答问题、写作和翻译。"
+)
+
+
+def llama_bench(binary: Path, model: Path, threads: int, args: list[str]) -> float:
+    """tokens/s of one llama-bench test (one repetition after its own warm-up)."""
+    command = [str(binary), "-m", str(model), "-t", str(threads), "-fa", "0", "-r", "1"]
+    done = subprocess.run(
+        [*command, *args, "-o", "json"], capture_output=True, text=True, check=True
+    )
+    (record,) = json.loads(done.stdout)
+    return float(record["avg_ts"])
+
+
+def text_of_tokens(engine: LlamaEngine, n: int) -> str:
+    """A prompt text that tokenizes to exactly `n` tokens (BOS included), or as near as it gets."""
+    text = LONG_TEXT * (n // 40 + 2)
+    low, high = 1, len(text)
+    while low < high:  # the longest prefix with at most n tokens
+        middle = (low + high + 1) // 2
+        if len(engine.llama.tokenize(text[:middle].encode(), add_bos=True)) <= n:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+class Contenders:
+    """One model loaded once; each method runs one measurement and returns tokens/s."""
+
+    def __init__(self, model: Path, threads: int, n_tokens: int, binary: Path) -> None:
+        import llama_cpp
+
+        self.model = model
+        self.threads = threads
+        self.n_tokens = n_tokens
+        self.binary = binary
+        self.engine = LlamaEngine.load(model, n_ctx=2048, n_threads=threads, flash_attn=False)
+        llama_cpp.llama_set_n_threads(self.engine.llama.ctx, threads, threads)
+        self.messages = [ChatMessage("user", QUESTION)]
+        self.prompt = self.engine.prompt_tokens(self.messages)
+        self.sampling = SamplingOptions(**{**README_SAMPLING.__dict__, "max_tokens": n_tokens})
+        self.pp_text = text_of_tokens(self.engine, 512)
+        self.pp_ids = self.engine.llama.tokenize(self.pp_text.encode(), add_bos=True)
+
+    # -- decode -----------------------------------------------------------------------------
+    def engine_tg(self) -> float:
+        self.engine.clear_cache()
+        result = collect_reply(self.engine.stream_reply(self.messages, self.sampling))
+        assert result.completion_tokens == self.n_tokens, result
+        return result.tokens_per_s
+
+    def bare_tg(self) -> float:
+        llm = self.engine.llama
+        llm.reset()
+        llm.set_seed(1)
+        count, first = 0, 0.0
+        s = self.sampling
+        for _token in llm.generate(
+            self.prompt,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            min_p=s.min_p,
+            temp=s.temperature,
+            repeat_penalty=s.repeat_penalty,
+        ):
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+            if count == self.n_tokens:
+                break
+        rate = (count - 1) / (time.perf_counter() - first)
+        self.engine.clear_cache()  # generate wrote the cache behind the engine's back
+        return rate
+
+    def bench_tg(self) -> float:
+        test = ["-p", "0", "-n", str(self.n_tokens), "-d", str(len(self.prompt))]
+        return llama_bench(self.binary, self.model, self.threads, test)
+
+    # -- prompt processing ------------------------------------------------------------------
+    def engine_pp_ttft(self) -> float:
+        self.engine.clear_cache()
+        one = SamplingOptions(**{**README_SAMPLING.__dict__, "max_tokens": 1})
+        result = collect_reply(self.engine.stream_completion(self.pp_text, one))
+        assert result.evaluated_prompt_tokens == len(self.pp_ids), result
+        return result.prompt_tokens / result.ttft_s
+
+    def engine_pp_eval(self) -> float:
+        session: KvSession = self.engine._session
+        self.engine.clear_cache()
+        started = time.perf_counter()
+        session.evaluate(self.pp_ids)
+        import llama_cpp
+
+        llama_cpp.llama_synchronize(self.engine.llama.ctx)
+        rate = len(self.pp_ids) / (time.perf_counter() - started)
+        self.engine.clear_cache()
+        return rate
+
+    def bench_pp(self) -> float:
+        return llama_bench(
+            self.binary, self.model, self.threads, ["-p", str(len(self.pp_ids)), "-n", "0"]
+        )
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    names = list(runs)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up round, not counted: first-touch of weights and buffers
+        runs[name]()
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(runs[name]())
+    return results
+
+
+def ratio_line(label: str, ours: list[float], base: list[float], goal: float | None) -> str:
+    pairs = [a / b for a, b in zip(ours, base, strict=True)]
+    goal_text = f"  (goal >= {goal:.2f})" if goal else ""
+    return (
+        f"  {label}: {statistics.median(ours) / statistics.median(base):.3f} "
+        f"(median of per-round ratios {statistics.median(pairs):.3f}){goal_text}"
+    )
+
+
+def bench_model(
+    models: TinyModels, quant: Quant, goal: float, args: argparse.Namespace, binary: Path
+) -> None:
+    model = models.get("merged", quant, "loop")  # rig 'loop' never stops: every reply is full
+    contenders = Contenders(model, args.threads, args.tokens, binary)
+    print(f"\n== tiny {quant} ({model.name}), {args.threads} threads, {args.rounds} rounds")
+    try:
+        tg = interleaved(
+            {
+                "llama-bench": contenders.bench_tg,
+                "bare": contenders.bare_tg,
+                "engine": contenders.engine_tg,
+            },
+            args.rounds,
+        )
+        bench = statistics.median(tg["llama-bench"])
+        print(
+            f"decode tg{args.tokens} at depth {len(contenders.prompt)} (median tokens/s): "
+            f"llama-bench {bench:.1f} ({1000 / bench:.2f} ms/token), "
+            f"bare Llama.generate {statistics.median(tg['bare']):.1f}, "
+            f"engine {statistics.median(tg['engine']):.1f}"
+        )
+        print(ratio_line("engine / llama-bench", tg["engine"], tg["llama-bench"], goal))
+        print(ratio_line("bare / llama-bench  ", tg["bare"], tg["llama-bench"], None))
+        print(ratio_line("engine / bare       ", tg["engine"], tg["bare"], None))
+        pp = interleaved(
+            {
+                "llama-bench": contenders.bench_pp,
+                "engine ttft": contenders.engine_pp_ttft,
+                "engine eval": contenders.engine_pp_eval,
+            },
+            args.rounds,
+        )
+        print(
+            f"prompt pp{len(contenders.pp_ids)} (median tokens/s): llama-bench "
+            f"{statistics.median(pp['llama-bench']):.1f}, engine time-to-first-token "
+            f"{statistics.median(pp['engine ttft']):.1f}, engine evaluation only "
+            f"{statistics.median(pp['engine eval']):.1f}"
+        )
+        print(ratio_line("engine ttft / llama-bench", pp["engine ttft"], pp["llama-bench"], 0.97))
+        print(ratio_line("engine eval / llama-bench", pp["engine eval"], pp["llama-bench"], 0.97))
+    finally:
+        contenders.close()
 
 
 def questions(path: Path | None) -> list[str]:
@@ -39,70 +242,11 @@ def questions(path: Path | None) -> list[str]:
     return [c.turns[0] for c in load_conversations(path)]
 
 
-def decode_ratio(models: TinyModels, n_tokens: int, runs: int, question: str) -> None:
-    engine = LlamaEngine.load(models.get("merged", "q4_0", "loop"), n_ctx=1024, seed=1)
-    llm = engine.llama
-    messages = [ChatMessage("user", question)]
-    prompt = engine.prompt_tokens(messages)
-    sampling = SamplingOptions(max_tokens=n_tokens, seed=1)
-    bare_rates: list[float] = []
-    engine_rates: list[float] = []
-    bare_cpu: list[float] = []  # tokens per CPU-second: steadier than wall time on a busy host
-    engine_cpu: list[float] = []
-
-    def bare_run() -> None:
-        llm.reset()
-        cpu = time.process_time()
-        started = time.perf_counter()
-        out = llm.create_completion(
-            prompt,
-            max_tokens=n_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-            seed=1,
-        )
-        elapsed = time.perf_counter() - started
-        bare_cpu.append(n_tokens / (time.process_time() - cpu))
-        bare_rates.append(out["usage"]["completion_tokens"] / elapsed)
-
-    def engine_run() -> None:
-        llm.reset()
-        cpu = time.process_time()
-        started = time.perf_counter()
-        result = collect_reply(engine.stream_reply(messages, sampling))
-        elapsed = time.perf_counter() - started
-        engine_cpu.append(result.completion_tokens / (time.process_time() - cpu))
-        engine_rates.append(result.completion_tokens / elapsed)
-
-    bare_run()  # warm-up, not counted: first-touch of the weights and buffers
-    bare_rates.clear()
-    bare_cpu.clear()
-    for run in range(runs):  # interleaved, alternating order: a busy neighbour hits both
-        first, second = (bare_run, engine_run) if run % 2 == 0 else (engine_run, bare_run)
-        first()
-        second()
-    ratios = [ours / bare for ours, bare in zip(engine_rates, bare_rates, strict=True)]
-    bare, ours = max(bare_rates), max(engine_rates)
-    print(f"decode: prompt {len(prompt)} tokens, {n_tokens} new tokens, {runs} interleaved runs")
-    print(f"  bare Llama.create_completion: best {bare:.1f} tokens/s")
-    print(f"  LlamaEngine.stream_reply:     best {ours:.1f} tokens/s")
-    print(
-        f"  ratio engine/bare: best-vs-best {ours / bare:.3f}, median of pairs "
-        f"{statistics.median(ratios):.3f}  (goal >= 0.98)"
-    )
-    cpu_ratio = statistics.median(engine_cpu) / statistics.median(bare_cpu)
-    print(f"  ratio engine/bare per CPU-second (median): {cpu_ratio:.3f}")
-    engine.close()
-
-
 def conversation(models: TinyModels, turns: int, asked: list[str]) -> None:
     engine = LlamaEngine.load(models.get("merged", "q4_0", "chat"), n_ctx=4096)
     history: list[ChatMessage] = []
     results: list[ReplyResult] = []
-    print(f"conversation: {turns} turns, n_ctx 4096")
+    print(f"\n== conversation: {turns} turns, n_ctx {engine.n_ctx}")
     print("  turn  prompt  evaluated  added-since-last  ttft_ms")
     for turn, question in enumerate(asked[:turns], start=1):
         history.append(ChatMessage("user", question))
@@ -124,22 +268,25 @@ def conversation(models: TinyModels, turns: int, asked: list[str]) -> None:
         for p, r in itertools.pairwise(results)
     )
     print(f"  turns 2..{turns} evaluating only the added tokens: {only_new}/{turns - 1}")
-    first, last = results[0], results[-1]
-    print(f"  ttft turn {turns} / turn 1: {last.ttft_s / first.ttft_s:.2f}")
-    engine.llama.reset()
+    last = results[-1]
+    engine.clear_cache()
     cold = collect_reply(engine.stream_reply(history[:-1]))
     print(
-        f"  ttft turn {turns} without the cache: {cold.ttft_s * 1000:.1f} ms "
-        f"(with reuse / without: {last.ttft_s / cold.ttft_s:.2f})"
+        f"  ttft turn {turns}: {last.ttft_s * 1000:.1f} ms with the cache, "
+        f"{cold.ttft_s * 1000:.1f} ms without (ratio {last.ttft_s / cold.ttft_s:.2f})"
     )
     engine.close()
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--quants", default="f32,q4_0")
+    parser.add_argument("--llama-bench", type=Path, help="default: build it (cached)")
+    parser.add_argument("--sdist-dir", type=Path, default=CACHE_ROOT / "sdist")
     parser.add_argument(
         "--questions",
         type=Path,
@@ -147,13 +294,18 @@ def main() -> None:
         help="MT-Bench-style question.jsonl (default: ../shared's MT-Bench-zh when present)",
     )
     args = parser.parse_args()
-    asked = questions(args.questions)
-    print(f"questions: {args.questions or 'huozi_local.testing.conversations'}")
+    binary = args.llama_bench or build_llama_bench(installed_version(), args.sdist_dir)
     root = os.environ.get("HUOZI_TINY_MODELS_DIR") or tempfile.mkdtemp(prefix="huozi-bench-")
     models = TinyModels(Path(root))
-    decode_ratio(models, args.tokens, args.runs, asked[0])
-    conversation(models, args.turns, asked)
+    print(f"llama-bench: {binary}")
+    goals: dict[Quant, float] = {"f32": 0.97, "q4_0": 0.90, "q2_k": 0.90}
+    for quant in goals:
+        if quant in args.quants.split(","):
+            bench_model(models, quant, goals[quant], args, binary)
+    print(f"\nquestions: {args.questions or 'huozi_local.testing.conversations'}")
+    conversation(models, args.turns, questions(args.questions))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,9 @@
-"""A request's seed is that request's alone (issue 15's check on the engine-speed issue's fix)."""
+"""A request's seed is that request's alone (issue 15's check on the engine-speed issue's fix):
+one request with a seed used to fix the seed of every later request without one."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-
-import pytest
 
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
@@ -14,11 +13,6 @@ QUESTION = [ChatMessage("user", "讲一个关于哈尔滨的故事")]
 HOT = SamplingOptions(temperature=1.5, top_p=1.0, max_tokens=24)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the seed leak is fixed by the engine-speed issue (#12, native decode loop): "
-    "llm.set_seed() makes one seeded request fix the seed of every later one",
-)
 def test_a_seeded_request_does_not_fix_the_seed_of_later_unseeded_ones(
     tiny_models: TinyModels,
 ) -> None:

@@ -117,3 +117,40 @@ def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) ->
             process.kill()
     assert process.returncode == 0 and "Traceback" not in err
     assert "server stopped" in err
+
+
+def test_serve_applies_the_guard_and_cors_option(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """The command wires its --host and --cors into the app: a page's text/plain POST and a
+    foreign Host are refused, the named origin alone gets CORS headers."""
+    import http.client
+
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    origin = "http://localhost:5173"
+    process = _serve("--model", str(model), "--port", "0", "--cors", origin)
+    try:
+        assert process.stderr is not None
+        line = next(line for line in process.stderr if "serving" in line)
+        port = int(line.split(" at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
+
+        def ask(headers: dict[str, str], method: str = "POST") -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            body = b'{"messages": [{"role": "user", "content": "hi"}]}'
+            connection.request(method, "/v1/chat/completions", body, headers)
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            return response
+
+        assert ask({"Content-Type": "text/plain"}).status == 415
+        assert ask({"Content-Type": "application/json", "Host": "evil.example"}).status == 400
+        allowed = ask({"Content-Type": "application/json", "Origin": origin})
+        assert allowed.status == 200
+        assert allowed.getheader("access-control-allow-origin") == origin
+        other = ask({"Content-Type": "application/json", "Origin": "https://evil.example"})
+        assert other.getheader("access-control-allow-origin") is None
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0

@@ -176,7 +176,11 @@ class LlamaEngine:
 
     @property
     def llama(self) -> Llama:
-        """The underlying llama-cpp-python object (benchmarks and diagnostics)."""
+        """The underlying llama-cpp-python object (benchmarks and diagnostics).
+
+        Its tokenizer is safe to use. Its own `generate`/`eval` rewrite the KV cache behind the
+        engine's record of it: call `clear_cache()` after using them.
+        """
         return self._llm
 
     @property

@@ -38,7 +38,7 @@ from huozi_local.core.fetch.model_folder import (
     read_sidecar,
     write_sidecar,
 )
-from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
+from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, quant_of, read_gguf
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 from huozi_local.core.units import format_bytes
 
@@ -146,20 +146,6 @@ def identify(gguf: GGUFFile) -> Identity:
             official=True,
         )
     return Identity(family.name, quant, f"header: huozi vocabulary, {quant or 'unknown'} weights")
-
-
-def quant_of(gguf: GGUFFile) -> str | None:
-    """`q4_0`, `q2_k`, ... from general.file_type (llama.cpp's LLAMA_FTYPE numbering)."""
-    file_type = gguf.get("general.file_type")
-    if file_type is None:
-        return None
-    try:
-        import gguf as gguf_py
-
-        name = gguf_py.LlamaFileType(int(file_type)).name.lower()
-    except (ValueError, ImportError):
-        return None
-    return str(name).removeprefix("mostly_").removeprefix("all_")
 
 
 def _family_for(gguf: GGUFFile) -> ModelFamily:

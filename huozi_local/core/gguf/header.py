@@ -393,3 +393,18 @@ def expected_file_size(gguf: GGUFFile) -> int:
     if not gguf.tensors:
         return gguf.data_offset
     return gguf.data_offset + max(t.offset + t.n_bytes for t in gguf.tensors)
+
+
+def quant_of(gguf: GGUFFile) -> str | None:
+    """`q4_0`, `q2_k`, ... from general.file_type (llama.cpp's LLAMA_FTYPE numbering), the name
+    the catalog and the model folder use; None when the header does not say or the number is new."""
+    file_type = gguf.get("general.file_type")
+    if file_type is None:
+        return None
+    try:
+        import gguf as gguf_py
+
+        name = gguf_py.LlamaFileType(int(file_type)).name.lower()
+    except (ValueError, ImportError):
+        return None
+    return str(name).removeprefix("mostly_").removeprefix("all_")

@@ -393,19 +393,6 @@ def choose_plan(
     return _explain(best, machine, why_quant=why, shape=shape)
 
 
-def _quant_of(gguf: GGUFFile) -> str | None:
-    file_type = gguf.get("general.file_type")
-    if file_type is None:
-        return None
-    try:
-        import gguf as gguf_py
-
-        name = gguf_py.LlamaFileType(int(file_type)).name.lower()
-    except (ValueError, ImportError):
-        return None
-    return str(name).removeprefix("mostly_").removeprefix("all_")
-
-
 def plan_for_file(
     path_or_gguf: str | Path | GGUFFile,
     machine: Machine,
@@ -416,11 +403,11 @@ def plan_for_file(
     n_cpu_moe: int | None = None,
 ) -> Plan:
     """The plan for one GGUF file, its shape read from the real header (GGUFError if unreadable)."""
-    from huozi_local.core.gguf.header import read_gguf
+    from huozi_local.core.gguf.header import quant_of, read_gguf
 
     gguf = read_gguf(Path(path_or_gguf)) if isinstance(path_or_gguf, (str, Path)) else path_or_gguf
     shape = ModelShape.from_gguf(gguf)
-    quant = _quant_of(gguf)
+    quant = quant_of(gguf)
     if n_gpu_layers is not None and n_ctx is None:
         n_ctx = min(MIN_CTX, shape.context_length or MIN_CTX)
     plan = best_plan_for_shape(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 Handler = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 
 def run_handler(handler: Handler, args: argparse.Namespace) -> int:
@@ -51,3 +54,38 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):  # no real file descriptor (captured output): nothing to flush
         pass
+
+
+def run_cancelable(work: Callable[[threading.Event], T], what: str) -> T:
+    """Run long core work (a download, an import) in a thread so that Ctrl-C sets its cancel event.
+
+    Interrupting the work itself could stop it between a write and the rename that marks a file
+    finished; the cancel event lets the core stop at its next check and leave every finished file
+    intact and every partial one resumable. Raises Cancelled("<what> cancelled") when cancelled.
+    """
+    from huozi_local.core.errors import Cancelled
+
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = work(cancel)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"huozi-{what}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.set()
+        worker.join()
+    error = outcome.get("error")
+    if error is not None:
+        raise error
+    if cancel.is_set():
+        raise Cancelled(f"{what} cancelled")
+    result: T = outcome["result"]
+    return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from typing import Any
 
 
@@ -50,20 +49,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_download(args: argparse.Namespace) -> int:
     from huozi_local.commands._progress_bar import ProgressBar
+    from huozi_local.commands._runner import run_cancelable
     from huozi_local.core.config import Paths
     from huozi_local.core.errors import Cancelled
     from huozi_local.core.fetch.download import DownloadResult, download_model
 
     paths = Paths.from_env()
     source, endpoint = _source_and_endpoint(args, paths)
-    cancel = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    with ProgressBar(sys.stderr) as bar:
-
-        def work() -> None:
-            try:
-                outcome["result"] = download_model(
+    try:
+        with ProgressBar(sys.stderr) as bar:
+            result: DownloadResult = run_cancelable(
+                lambda cancel: download_model(
                     args.model,
                     paths,
                     source=source,
@@ -72,25 +68,12 @@ def run_download(args: argparse.Namespace) -> int:
                     keep_original=args.keep_original,
                     progress=bar.update,
                     cancel=cancel,
-                )
-            except BaseException as exc:  # handed to the main thread, which reports it
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=work, name="huozi-download", daemon=True)
-        worker.start()
-        try:
-            while worker.is_alive():
-                worker.join(0.2)
-        except KeyboardInterrupt:
-            cancel.set()
-            worker.join()
-    error = outcome.get("error")
-    if isinstance(error, Cancelled) or (error is None and cancel.is_set()):
-        print(f"huozi-local: {error or 'download cancelled'}", file=sys.stderr)
+                ),
+                "download",
+            )
+    except Cancelled as exc:
+        print(f"huozi-local: {exc}", file=sys.stderr)
         return 130
-    if error is not None:
-        raise error
-    result: DownloadResult = outcome["result"]
     _report(result)
     return 0
 

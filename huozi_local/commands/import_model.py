@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from typing import Any
 
 
@@ -34,41 +33,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_import(args: argparse.Namespace) -> int:
     from huozi_local.commands._progress_bar import ProgressBar
+    from huozi_local.commands._runner import run_cancelable
     from huozi_local.core.config import Paths, Settings
     from huozi_local.core.errors import Cancelled
     from huozi_local.core.fetch.adopt import ImportResult, import_model
 
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)  # a malformed config fails before any work
-    cancel = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    with ProgressBar(sys.stderr) as bar:
-
-        def work() -> None:
-            try:
-                outcome["result"] = import_model(
+    try:
+        with ProgressBar(sys.stderr) as bar:
+            result: ImportResult = run_cancelable(
+                lambda cancel: import_model(
                     args.path, paths, move=args.move, progress=bar.update, cancel=cancel
-                )
-            except BaseException as exc:  # handed to the main thread, which reports it
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=work, name="huozi-import", daemon=True)
-        worker.start()
-        try:
-            while worker.is_alive():
-                worker.join(0.2)
-        except KeyboardInterrupt:
-            cancel.set()
-            worker.join()
-    error = outcome.get("error")
-    if isinstance(error, Cancelled) or (error is None and cancel.is_set()):
+                ),
+                "import",
+            )
+    except Cancelled:
         print("huozi-local: import cancelled: nothing was added, your file is unchanged",
               file=sys.stderr)  # fmt: skip
         return 130
-    if error is not None:
-        raise error
-    result: ImportResult = outcome["result"]
     settings.model = result.spec
     settings.save(paths.config_file)
     _report(result)

@@ -37,8 +37,13 @@ class ModelChoice:
     def n_gpu_layers(self) -> int:
         return self.plan.n_gpu_layers
 
-    def info(self) -> ModelInfo:
-        return ModelInfo(self.label, self.quant, self.n_gpu_layers, self.n_ctx)
+    def info(self, backend: ChatBackend) -> ModelInfo:
+        """What the status bar shows for this model once `backend` has loaded it.
+
+        The context is the backend's, not the plan's: llama.cpp pads the requested n_ctx up to a
+        multiple of 256, and the padded size is what a conversation really gets.
+        """
+        return ModelInfo(self.label, self.quant, self.n_gpu_layers, backend.n_ctx)
 
 
 BackendLoader = Callable[

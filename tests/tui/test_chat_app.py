@@ -27,7 +27,7 @@ def _app(huozi_home: Path, model_file: Path, **settings: object) -> tuple[HuoziA
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, **settings)  # type: ignore[arg-type]
     choice = choice_for(model_file, "tiny-huozi", "q4_0", chosen)
     backend = load_local_engine(choice)
-    app = create_app(settings=chosen, paths=paths, backend=backend, model_info=choice.info())
+    app = create_app(settings=chosen, paths=paths, backend=backend, model_info=choice.info(backend))
     return app, choice
 
 

@@ -66,7 +66,7 @@ def _app_with_engine(model_file: Path, **settings: object) -> HuoziApp:
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, **settings)  # type: ignore[arg-type]
     choice = choice_for(model_file, "tiny-huozi", "q4_0", chosen)
     backend = load_local_engine(choice)
-    return create_app(settings=chosen, backend=backend, model_info=choice.info())
+    return create_app(settings=chosen, backend=backend, model_info=choice.info(backend))
 
 
 def _chat(app: HuoziApp) -> ChatScreen:
@@ -112,6 +112,26 @@ async def test_status_bar_shows_context_used_and_speed_after_a_reply(
         assert int(after["used"]) == used and 0 < used < 2048
         assert int(after["n_ctx"]) == app.backend.n_ctx == 2048  # type: ignore[union-attr]
         assert after["speed"] != "–" and float(after["speed"]) > 0
+
+
+@pytest.mark.slow
+async def test_status_bar_shows_the_context_llama_cpp_really_has(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    """llama.cpp pads n_ctx to a multiple of 256: 1000 asked for is 1024 had, and 1024 is shown."""
+    paths = Paths.from_env()
+    installed = family_model_path(paths, "huozi3", "q4_0")
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.symlink_to(tiny_models.get("merged", "q4_0", rig="chat"))
+    settings = Settings(model="huozi3:q4_0", n_ctx=1000, n_gpu_layers=0, temperature=0.0)
+    app = create_app(settings=settings)  # through the loading screen, as a person opens it
+    async with app.run_test(size=(110, 30)) as pilot:
+        await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
+        bar = _chat(app).query_one("#status")
+        await wait_for(pilot, lambda: bool(STATUS.search(str(bar.render()))), "the status bar")
+        status = _status(_chat(app))
+        assert app.backend is not None and app.backend.n_ctx == 1024
+        assert int(status["n_ctx"]) == 1024
 
 
 @pytest.mark.slow
@@ -294,9 +314,8 @@ async def test_locked_database_keeps_the_reply_on_screen_and_says_once_it_was_no
     store = ConversationStore.open(paths.database_file, busy_timeout_s=0.05)
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, max_tokens=100_000)
     choice = choice_for(tiny_models.get("merged", "q4_0", rig="loop"), "tiny", "q4_0", chosen)
-    app = create_app(
-        settings=chosen, store=store, backend=load_local_engine(choice), model_info=choice.info()
-    )
+    backend = load_local_engine(choice)
+    app = create_app(settings=chosen, store=store, backend=backend, model_info=choice.info(backend))
     heard = Heard()
     async with app.run_test(size=(110, 30), message_hook=heard) as pilot:
         screen = _chat(app)

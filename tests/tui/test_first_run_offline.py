@@ -337,7 +337,7 @@ async def test_a_reply_that_dies_is_shown_and_retry_answers(
     model = tiny_models.get("merged", "q4_0", rig="chat")
     choice = choice_for(model, "tiny-huozi", "q4_0", settings, machine=gaming_gpu())
     backend = BrokenOnce(load_local_engine(choice))
-    app = create_app(settings=settings, backend=backend, model_info=choice.info())
+    app = create_app(settings=settings, backend=backend, model_info=choice.info(backend))
     async with app.run_test(size=(110, 50)) as pilot:
         await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
         chat = app.screen

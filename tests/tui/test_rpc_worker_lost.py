@@ -48,7 +48,7 @@ async def main():
         seen["plan"] = [choice.plan.backend, choice.plan.n_gpu_layers, choice.plan.n_layers]
         backend = load_local_engine(choice)
         app = create_app(settings=settings, paths=Paths.from_env(), backend=backend,
-                         model_info=choice.info())
+                         model_info=choice.info(backend))
         async with app.run_test(size=(100, 30), notifications=True) as pilot:
             screen = app.screen
 

@@ -87,7 +87,7 @@ class LoadingScreen(RecoveringScreen):
 
     def on_load_finished(self, message: LoadFinished) -> None:
         if message.backend is not None:
-            self.post_message(BackendLoaded(message.backend, self.choice.info()))
+            self.post_message(BackendLoaded(message.backend, self.choice.info(message.backend)))
         elif message.error == "cancelled":
             self.post_message(SetupRequested())
         else:

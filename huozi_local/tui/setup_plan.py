@@ -167,7 +167,8 @@ def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | No
     except HuoziError as exc:
         return f"内存估计 Memory estimate unavailable: {exc}"
     label = VERDICT_LABELS[plan.verdict]
+    experts = f" (experts of {plan.n_cpu_moe} in RAM)" if plan.n_cpu_moe else ""
     return (
-        f"内存估计 Estimate for {plan.n_gpu_layers} GPU layers, context {plan.n_ctx}: "
+        f"内存估计 Estimate for {plan.n_gpu_layers} GPU layers{experts}, context {plan.n_ctx}: "
         f"GPU {format_bytes(plan.vram_bytes)}, RAM {format_bytes(plan.ram_bytes)}: {label}"
     )

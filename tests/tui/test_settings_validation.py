@@ -26,7 +26,13 @@ class SettingsHost(App[None]):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", "nan"), ("top_p", "7"), ("repeat_penalty", "-1"), ("n_ctx", "-1")],
+    [
+        ("temperature", "nan"),
+        ("top_p", "7"),
+        ("repeat_penalty", "-1"),
+        ("n_ctx", "-1"),
+        ("cpu_moe", "-2"),
+    ],
 )
 async def test_settings_screen_refuses_out_of_range_value_naming_the_key(
     huozi_home: Path, field: str, value: str
@@ -42,7 +48,8 @@ async def test_settings_screen_refuses_out_of_range_value_naming_the_key(
         assert app.results == []
         shown = str(app.screen.query_one("#estimate", Static).render())
         assert f"'{field}'" in shown
-        app.screen.query_one(f"#{field}", Input).value = "0.5" if field != "n_ctx" else "0"
+        in_range = {"n_ctx": "0", "cpu_moe": "-1"}.get(field, "0.5")
+        app.screen.query_one(f"#{field}", Input).value = in_range
         await pilot.pause()
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: bool(app.results), "saving")

@@ -128,4 +128,4 @@ def test_settings_screen(fixed_home: Paths, tiny_models: TinyModels, snap_compar
     shutil.copyfile(tiny_models.get("merged", "q4_0", rig="chat"), installed)
     app = chat_app(fixed_home, tiny_models)
     app.settings.model = "huozi3:q2_k"
-    assert snap_compare(app, terminal_size=(110, 50), press=["ctrl+s"])  # type: ignore[operator]
+    assert snap_compare(app, terminal_size=(110, 55), press=["ctrl+s"])  # type: ignore[operator]

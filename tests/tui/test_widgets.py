@@ -180,3 +180,41 @@ async def test_settings_estimate_follows_gpu_layers_and_save_persists(
     saved = Settings.load(paths.config_file)
     assert (saved.temperature, saved.n_gpu_layers) == (0.7, 3)
     store.close()
+
+
+async def test_settings_estimate_follows_moe_layers_in_ram_and_save_persists(
+    huozi_home: Path, tiny_models: object
+) -> None:
+    import shutil
+
+    from textual.widgets import Input, Static
+
+    from huozi_local.core.planning.hardware import Machine
+    from huozi_local.tui.options import AppOptions
+    from huozi_local.tui.screens.settings import SettingsScreen
+
+    paths = Paths.from_env()
+    installed = paths.models_dir / "huozi3" / "huozi3-q2_k.gguf"
+    installed.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_models.get("merged", "q4_0", rig="chat"), installed)  # type: ignore[attr-defined]
+    store = ConversationStore.open(paths.database_file)
+    gpu = AppOptions(machine_probe=lambda: Machine.synthetic("cuda", 8 * 1024**3, 32 * 1024**3))
+    settings = Settings(model="huozi3:q2_k", n_ctx=2048)
+    app = create_app(settings=settings, paths=paths, store=store, options=gpu)
+    async with app.run_test(size=(110, 50)) as pilot:
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ChatScreen", "the chat")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+        estimate = app.screen.query_one("#estimate", Static)
+        moe = app.screen.query_one("#cpu_moe", Input)
+        assert moe.value == "-1" and "in RAM)" not in str(estimate.render())
+        before = str(estimate.render())
+        moe.value = "1"
+        await pilot.pause()
+        after = str(estimate.render())
+        assert "(experts of 1 in RAM)" in after
+        assert after.split("RAM ")[-1] != before.split("RAM ")[-1]  # the experts moved to RAM
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen), "saving")
+    assert Settings.load(paths.config_file).cpu_moe == 1
+    store.close()

@@ -1,8 +1,8 @@
-"""Settings: the system prompt, sampling, context and GPU layers, the model/quant in use, and
-where models download from.
+"""Settings: the system prompt, sampling, context, GPU layers and MoE expert layers kept in RAM,
+the model/quant in use, and where models download from.
 
-The planner's memory estimate is recomputed on every change to the context length or GPU layers,
-so the person sees what a choice costs before they apply it.
+The planner's memory estimate is recomputed on every change to the context length, GPU layers or
+MoE layers in RAM, so the person sees what a choice costs before they apply it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("max_tokens", "最大生成长度 Max tokens", int),
     ("n_ctx", "上下文长度 Context length (0 = automatic)", int),
     ("n_gpu_layers", "GPU 层数 GPU layers (-1 = automatic)", int),
+    ("cpu_moe", "专家留在内存的层数 MoE layers with experts in RAM (-1 = automatic)", int),
 )
 
 

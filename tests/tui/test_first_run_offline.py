@@ -82,7 +82,7 @@ async def test_unreachable_hub_keeps_the_reason_and_next_steps_on_screen(
         machine_probe=gaming_gpu, sources=(DownloadSource(SourceKind.HF, hub_url),)
     )
     app = create_app(settings=Settings(), options=options)
-    async with app.run_test(size=(110, 50)) as pilot:
+    async with app.run_test(size=(100, 30)) as pilot:  # a laptop terminal: the panel is below
         setup = await setup_screen(app, pilot)
         await wait_for(pilot, lambda: setup.probes_done, "the probe")
         picker = setup.query_one(SourcePicker)
@@ -98,7 +98,12 @@ async def test_unreachable_hub_keeps_the_reason_and_next_steps_on_screen(
         assert text_of(setup, "#stage") == "失败 Failed"
         assert not setup.query_one(ProgressBar).display  # stopped, not pulsing
         assert not setup.query_one("#start", Button).disabled
-        assert setup.query_one("#failure-retry", Button).has_focus
+        await wait_for(pilot, lambda: setup.query_one("#failure-retry", Button).has_focus, "focus")
+        # In view and read whole: scrolled to, and the long reason wraps inside the panel.
+        await pilot.pause()
+        assert app.screen.region.contains_region(panel.region)
+        reason_label = setup.query_one("#failure-reason", Label)
+        assert reason_label.region.right <= panel.region.right and reason_label.size.height >= 2
 
         for _ in range(20):  # the app goes on running; the failure stays until acted on
             await pilot.pause(0.05)

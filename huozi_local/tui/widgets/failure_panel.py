@@ -23,6 +23,7 @@ class FailurePanel(Vertical):
     FailurePanel {
         height: auto; border: round $error; padding: 0 1; margin-top: 1; display: none;
     }
+    FailurePanel Label { width: 1fr; }  /* wrap: the reason and the next steps are read whole */
     FailurePanel #failure-reason { color: $text-error; }
     FailurePanel Horizontal { height: auto; margin-top: 1; }
     FailurePanel Button { margin-right: 1; }
@@ -53,7 +54,13 @@ class FailurePanel(Vertical):
         self.query_one("#failure-reason", Label).update(reason)
         self.query_one("#failure-next", Label).update(next_steps)
         self.display = True
-        self.query_one(Button).focus()
+        # Scroll only once the panel has a size: the failure is often below the fold of a
+        # laptop terminal, and focusing before layout scrolls to where the panel was (nowhere).
+        self.call_after_refresh(self._reveal)
+
+    def _reveal(self) -> None:
+        self.query_one(Button).focus(scroll_visible=False)
+        self.scroll_visible(animate=False, top=False)
 
     def hide(self) -> None:
         self.reason = ""

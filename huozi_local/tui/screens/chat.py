@@ -107,7 +107,7 @@ class ChatScreen(RecoveringScreen):
         self._search = ""
         self._live: MessageView | None = None
         self._next_draw_at = 0.0
-        self._ui_cpu_at_last_draw: float | None = None
+        self._ui_cpu_at_last_draw = 0.0
         self._draw_scheduled = False
         self.stream_writes = 0
         """How many appends the streamed reply took (the benchmark reports it)."""
@@ -189,7 +189,9 @@ class ChatScreen(RecoveringScreen):
         log.anchor()
         self.replying = True
         self._next_draw_at = 0.0
-        self._ui_cpu_at_last_draw = None
+        # The first interval counts what sending cost the UI thread (mounting the reply, the
+        # layout it triggers): that work overlaps the first tokens just as a draw does.
+        self._ui_cpu_at_last_draw = time.thread_time()
         self.cancel_event = threading.Event()
         self.refresh_status("生成中 generating…")
         self.generate(self.cancel_event)
@@ -226,7 +228,7 @@ class ChatScreen(RecoveringScreen):
         # thread_time() here is the UI thread's own CPU time: everything it did since the last
         # draw (mostly laying out that draw) sets how long to wait before the next one.
         ui_cpu = time.thread_time()
-        spent = ui_cpu - (self._ui_cpu_at_last_draw or ui_cpu)
+        spent = ui_cpu - self._ui_cpu_at_last_draw
         self._ui_cpu_at_last_draw = ui_cpu
         self._next_draw_at = time.monotonic() + max(DRAW_INTERVAL_S, spent / UI_SHARE_OF_WALL)
         text = self.pending.take()

@@ -221,39 +221,3 @@ async def test_sidebar_new_rename_search_delete_and_export(
             "the delete",
         )
         assert screen.session.conversation_id == first
-
-
-@pytest.mark.slow
-async def test_a_reply_gets_the_gil_back_quickly_and_the_interval_is_restored(
-    huozi_home: Path, tiny_models: TinyModels
-) -> None:
-    """While a reply streams the GIL switch interval is short (the decode loop is not held up by
-    the screen's layout passes); afterwards the process has its own interval back."""
-    import sys
-    from collections.abc import Iterator
-
-    from huozi_local.core.chat.types import ChatMessage, ReplyEvent, SamplingOptions
-    from huozi_local.tui.screens.chat import REPLY_SWITCH_INTERVAL_S
-
-    app, _ = _app(huozi_home, tiny_models.get("merged", "q4_0", rig="chat"))
-    engine = app.backend
-    assert engine is not None
-    seen: list[float] = []
-    real_stream = engine.stream_reply
-
-    def recording_stream(
-        messages: list[ChatMessage], options: SamplingOptions, cancel: object = None
-    ) -> Iterator[ReplyEvent]:
-        for event in real_stream(messages, options, cancel):  # type: ignore[arg-type]
-            seen.append(sys.getswitchinterval())
-            yield event
-
-    engine.stream_reply = recording_stream  # type: ignore[method-assign,assignment]
-    before = sys.getswitchinterval()
-    async with app.run_test(size=(100, 30)) as pilot:
-        screen = _chat(app)
-        await _send(pilot, screen, "你好")
-        await wait_for(pilot, lambda: screen.replies_finished == 1, "the reply")
-        assert _transcript(screen)[-1] == ("assistant", REPLY)
-    assert seen and max(seen) <= REPLY_SWITCH_INTERVAL_S < before
-    assert sys.getswitchinterval() == before

@@ -9,11 +9,8 @@ fewer, larger appends are what keep generation at full speed (benchmarks/bench_t
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -41,12 +38,6 @@ DRAW_INTERVAL_S = 0.1
 # parsing and laying out Markdown is a millisecond the model waits. Draws are paced by their own
 # measured cost: a long reply that gets expensive to lay out is drawn less often, never slower.
 UI_SHARE_OF_WALL = 0.05
-# How long the generating thread waits for the GIL while the UI thread runs Python. The decode
-# loop needs the GIL for a moment after each llama.cpp call; with CPython's default (5 ms) every
-# draw's layout pass, 10-30 ms of Python, let the model make one token per 5 ms instead of one
-# per ~1 ms. At 0.5 ms it loses little: a 25 ms burst every 250 ms cost the decode loop 8% at the
-# default and 3% at 0.5 ms (tiny model, ~1.1 ms/token, measured side by side).
-REPLY_SWITCH_INTERVAL_S = 0.0005
 
 
 class PendingText:
@@ -207,10 +198,6 @@ class ChatScreen(RecoveringScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
     def generate(self, cancel: threading.Event) -> None:
-        with prompt_gil_handoff():
-            self._generate(cancel)
-
-    def _generate(self, cancel: threading.Event) -> None:
         result: ReplyResult | None = None
         try:
             for event in self.session.stream_reply(cancel):
@@ -399,20 +386,6 @@ class ChatScreen(RecoveringScreen):
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(ConversationList)
         sidebar.display = not sidebar.display
-
-
-@contextmanager
-def prompt_gil_handoff() -> Iterator[None]:
-    """While a reply streams, a thread waiting for the GIL gets it within REPLY_SWITCH_INTERVAL_S.
-
-    The interval is process-wide; it is put back when the reply ends (one reply runs at a time).
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, REPLY_SWITCH_INTERVAL_S))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def _note_for(meta: dict[str, object]) -> str:

@@ -54,6 +54,7 @@ class PlanReason:
 
 
 DEFAULT_BATCH = 512
+DEFAULT_MAX_CTX = 32768  # the planner grows the context toward this (huozi3's training context)
 RAM_HEADROOM = 1 * GiB
 
 

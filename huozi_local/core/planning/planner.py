@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huozi_local.core import huozi
+from huozi_local.core.planning.explain import explain_plan
 from huozi_local.core.planning.memory_model import ModelShape
 from huozi_local.core.planning.plan_model import (
     DEFAULT_BATCH,
+    DEFAULT_MAX_CTX,
     Budget,
     Plan,
     PlanReason,
@@ -59,7 +61,6 @@ __all__ = [
 ]
 
 MIN_CTX = 2048
-DEFAULT_MAX_CTX = 32768
 
 
 def _context_steps(shape: ModelShape, max_ctx: int) -> list[int]:
@@ -209,96 +210,6 @@ def _most_layers(n_layers: int, evaluate: Callable[[int], Plan]) -> Plan:
     return evaluate(0)
 
 
-def _explain(plan: Plan, machine: Machine, *, why_quant: str, shape: ModelShape) -> Plan:
-    lines = [
-        PlanReason("backend", _backend_line(plan, machine)),
-        PlanReason("quant", why_quant),
-        *plan.reasons,
-    ]
-    repeating = plan.gpu_repeating_layers
-    if plan.backend == "cpu":
-        layers = "n_gpu_layers: 0: everything runs on the CPU from RAM (weights mmap'd)"
-    elif plan.n_cpu_moe:
-        layers = (
-            f"n_gpu_layers: {plan.n_gpu_layers}, n_cpu_moe: {plan.n_cpu_moe}: {repeating} of "
-            f"{plan.n_layers} layers and the output on the GPU, the experts of layers 0-"
-            f"{plan.n_cpu_moe - 1} in RAM (GPU budget {format_bytes(plan.vram_budget_bytes)})"
-        )
-    elif plan.fully_on_gpu:
-        layers = (
-            f"n_gpu_layers: {plan.n_gpu_layers}: all {plan.n_layers} layers and the output "
-            "on the GPU"
-        )
-    else:
-        layers = (
-            f"n_gpu_layers: {plan.n_gpu_layers}: {repeating} of {plan.n_layers} layers"
-            f"{' and the output' if plan.n_gpu_layers else ''} on the GPU, the rest on the CPU "
-            f"(GPU budget {format_bytes(plan.vram_budget_bytes)})"
-        )
-    lines.append(PlanReason("gpu_layers", layers))
-    ceiling = min(shape.context_length or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-    kv = plan.breakdown.gpu.kv + plan.breakdown.cpu.kv
-    ctx_line = f"n_ctx: {plan.n_ctx} (KV cache {format_bytes(kv)} in {plan.kv_cache_type})"
-    if plan.n_ctx < ceiling and plan.fits:
-        ctx_line += f"; {plan.n_ctx * 2} would not fit or is above the cap"
-    lines.append(PlanReason("context", ctx_line))
-    lines.append(
-        PlanReason(
-            "threads",
-            f"threads: {plan.n_threads} (physical cores; hyper-threads slow llama.cpp down)",
-        )
-    )
-    if plan.flash_attn:
-        flash = "flash attention: on (this build supports it; no n_ctx x heads score matrix)"
-    else:
-        flash = "flash attention: off (this build does not support it)"
-    lines.append(PlanReason("flash_attn", flash))
-    if plan.kv_cache_type == "q8_0":
-        lines.append(
-            PlanReason(
-                "kv_cache", "KV cache: q8_0: half the memory of f16, so the context could grow"
-            )
-        )
-    lines.append(
-        PlanReason(
-            "memory",
-            f"memory: GPU {format_bytes(plan.vram_bytes)} of "
-            f"{format_bytes(plan.vram_budget_bytes)}, RAM {format_bytes(plan.ram_bytes)} of "
-            f"{format_bytes(plan.ram_budget_bytes)} (budgets after headroom)",
-        )
-    )
-    if not plan.fits:
-        lines.append(PlanReason("shortfall", _needs_line(plan)))
-    return plan.with_reasons(lines)
-
-
-def _backend_line(plan: Plan, machine: Machine) -> str:
-    if plan.backend != "cpu":
-        shown = [
-            f"{gpu.name}, {format_bytes(gpu.vram_total_bytes)}, "
-            f"{format_bytes(gpu.vram_free_bytes)} free"
-            for gpu in machine.usable_gpus
-        ]
-        return f"backend: {plan.backend} ({'; '.join(shown)})"
-    if machine.unusable_gpus:
-        names = ", ".join(g.name for g in machine.unusable_gpus)
-        return f"backend: cpu: this llama-cpp-python build cannot use {names} (see doctor)"
-    return "backend: cpu (no usable GPU)"
-
-
-def _needs_line(plan: Plan) -> str:
-    parts = []
-    if plan.ram_bytes > plan.ram_budget_bytes:
-        parts.append(
-            f"RAM {format_bytes(plan.ram_bytes)} (has {format_bytes(plan.ram_budget_bytes)})"
-        )
-    if plan.vram_bytes > plan.vram_budget_bytes:
-        parts.append(
-            f"GPU {format_bytes(plan.vram_bytes)} (has {format_bytes(plan.vram_budget_bytes)})"
-        )
-    return "does not fit: needs " + " and ".join(parts) if parts else "fits"
-
-
 @dataclass(frozen=True)
 class QuantOption:
     quant: str
@@ -341,7 +252,7 @@ def rank_quants(
                 "no": "does not fit this machine",
             }[plan.verdict]
         )
-        plan = _explain(plan, machine, why_quant=why, shape=shape)
+        plan = explain_plan(plan, machine, why_quant=why, shape=shape)
         options.append(QuantOption(quant.quant, quant.size_bytes, plan, plan.verdict))
     return options
 
@@ -390,7 +301,7 @@ def choose_plan(
         smallest = min(candidates, key=lambda c: c[0].ram_bytes + c[0].vram_bytes)
         best, shape = smallest
         why = f"quant: none fits; {best.quant} is the smallest"
-    return _explain(best, machine, why_quant=why, shape=shape)
+    return explain_plan(best, machine, why_quant=why, shape=shape)
 
 
 def plan_for_file(
@@ -422,7 +333,7 @@ def plan_for_file(
     )
     asked = n_gpu_layers is not None or n_cpu_moe is not None
     why = f"quant: {quant or 'unknown'} (the file's own)" + (", layers as asked" if asked else "")
-    return _explain(plan, machine, why_quant=why, shape=shape)
+    return explain_plan(plan, machine, why_quant=why, shape=shape)
 
 
 def plan_for_settings(
@@ -481,7 +392,7 @@ def evaluate_family_plan(
         model=f"{family.name}:{q.quant}",
         n_cpu_moe=n_cpu_moe,
     )
-    return _explain(plan, machine, why_quant=f"quant: {q.quant} (as asked)", shape=shape)
+    return explain_plan(plan, machine, why_quant=f"quant: {q.quant} (as asked)", shape=shape)
 
 
 def plan_for_spec(

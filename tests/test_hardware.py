@@ -27,13 +27,15 @@ from huozi_local.core.planning.hardware import (
     MiB,
     detect_machine,
     metal_default_working_set,
+    reinstall_hint,
+)
+from huozi_local.core.planning.probes import (
     probe_cpu,
     probe_cuda,
     probe_nvidia_smi,
     probe_nvml,
     probe_ram,
     probe_rocm,
-    reinstall_hint,
 )
 
 CPU_BUILD = BuildInfo(

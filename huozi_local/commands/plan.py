@@ -78,8 +78,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _machine(args: argparse.Namespace) -> Machine:
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.planning.hardware import Machine, detect_machine, probe_ram
+    from huozi_local.core.planning.hardware import Machine, detect_machine
     from huozi_local.core.planning.memory_model import parse_size
+    from huozi_local.core.planning.probes import probe_ram
 
     if getattr(args, "rpc", None):
         # The workers' devices as they report themselves; --vram stands in for their memory.

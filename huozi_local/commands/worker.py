@@ -100,7 +100,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _physical_cores() -> int:
-    from huozi_local.core.planning.hardware import probe_cpu
+    from huozi_local.core.planning.probes import probe_cpu
 
     try:
         return max(1, probe_cpu()[1])

@@ -7,11 +7,6 @@ registry cannot forget a worker (see test_rpc_devices.py).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +16,8 @@ import pytest
 from huozi_local.core.measured_fit import needs_fit
 from huozi_local.core.planning.hardware import GPU, Machine
 from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
-from huozi_local.testing.rpc_worker import RpcWorker
+from huozi_local.testing.rpc_worker import RpcWorker, in_child
 
-ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3
 MiB = 1024**2
 
@@ -48,21 +42,9 @@ print(json.dumps({"kwargs": kwargs, "fit": fit.to_dict(), "summary": fit.summary
 
 
 def _fit_in_child(model: Path, worker: RpcWorker, vram: int, n_cpu_moe: int) -> Any:
-    values = {"endpoint": str(worker.endpoint), "model": str(model), "vram": vram}
-    prelude = "".join(f"{k} = {v!r}\n" for k, v in {**values, "n_cpu_moe": n_cpu_moe}.items())
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(FIT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    return in_child(
+        FIT, endpoint=str(worker.endpoint), model=str(model), vram=vram, n_cpu_moe=n_cpu_moe
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

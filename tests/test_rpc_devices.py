@@ -25,29 +25,11 @@ import pytest
 from huozi_local.core.devices.buffers import device_of_buffer, parse_buffers
 from huozi_local.core.devices.endpoints import Endpoint, parse_endpoints, probe_worker
 from huozi_local.core.errors import HuoziError
-from huozi_local.testing.rpc_worker import RpcWorker, free_port
+from huozi_local.testing.rpc_worker import RpcWorker, free_port, in_child
 from huozi_local.testing.tiny_model import TinyModels
 
 MiB = 1024**2
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def in_child(code: str, **values: object) -> Any:
-    """Run `code` (which prints one JSON line last) in a fresh interpreter; its JSON."""
-    prelude = "".join(f"{name} = {value!r}\n" for name, value in values.items())
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 LOAD = """

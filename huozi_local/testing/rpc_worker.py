@@ -12,12 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from huozi_local.core.devices.endpoints import Endpoint, probe_worker
 from huozi_local.core.errors import HuoziError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -90,3 +94,27 @@ class RpcWorker:
         _traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def in_child(code: str, **values: object) -> Any:
+    """Run `code` (which prints one JSON line last) in a fresh interpreter; return that JSON.
+
+    ggml's device registry cannot forget a worker: a test that registers one does it in a child,
+    so a later test's load never reaches a worker that has stopped. `values` become variables.
+    """
+    import json
+
+    prelude = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,16 +16,14 @@ Run: python benchmarks/bench_compute_buffer.py [--layers 2] [--ctx 512,2048] [--
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import re
 import statistics
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from huozi_local.core.devices.buffers import capture_llama_log
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.planning.memory_model import (
     MiB,
@@ -39,30 +37,11 @@ from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
 COMPUTE_LINE = re.compile(r"(?P<buffer>\S+) compute buffer size\s*=\s*(?P<mib>[0-9.]+) MiB")
 
 
-@contextmanager
-def llama_log() -> Iterator[list[str]]:
-    """llama.cpp's log text while the block runs; llama-cpp-python's logger afterwards."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    lines: list[str] = []
-
-    def collect(_level: int, text: bytes | None, _user: object) -> None:
-        lines.append((text or b"").decode(errors="replace"))
-
-    callback = llama_cpp.llama_log_callback(collect)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
 def compute_buffers(model: Any, n_ctx: int, n_ubatch: int, flash_attn: bool) -> dict[str, int]:
     """Per backend ("CPU", "RPC0", ...), the compute buffer a context of these sizes reserves."""
     import llama_cpp
 
-    with llama_log() as lines:
+    with capture_llama_log() as lines:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ubatch, n_ubatch
         params.flash_attn_type = 1 if flash_attn else 0
@@ -85,7 +64,7 @@ def load(path: Path, n_gpu_layers: int, device_params: Any = None) -> Any:
     params.use_extra_bufts = False  # no repacking: the mapped zeros are never read
     if device_params is not None:
         device_params.apply(params)
-    with llama_log():  # keep its load chatter off the table
+    with capture_llama_log():  # keep its load chatter off the table
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise RuntimeError(f"llama.cpp could not load {path}")

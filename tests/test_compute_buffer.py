@@ -8,7 +8,6 @@ within 3% over contexts, ubatch sizes and flash attention.
 
 from __future__ import annotations
 
-import ctypes
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from huozi_local.core.devices.buffers import capture_llama_log
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.planning.memory_model import ModelShape, Placement, estimate_memory
 from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
@@ -40,24 +40,14 @@ def real_slice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 def _reserved_on_cpu(model: Any, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
     """The CPU compute + output buffers llama.cpp logs when it makes a context."""
     import llama_cpp
-    from llama_cpp import _logger
 
-    lines: list[str] = []
-
-    def collect(_level: int, text: bytes | None, _user: object) -> None:
-        lines.append((text or b"").decode(errors="replace"))
-
-    callback = llama_cpp.llama_log_callback(collect)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
+    with capture_llama_log() as lines:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ubatch, n_ubatch
         params.flash_attn_type = 1 if flash_attn else 0
         ctx = llama_cpp.llama_init_from_model(model, params)
         assert ctx
         llama_cpp.llama_free(ctx)
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     sizes = [float(m.group(2)) for m in map(BUFFER_LINE.search, "".join(lines).splitlines()) if m]
     assert len(sizes) == 2, "llama.cpp logged no CPU compute/output buffer"
     return round(sum(sizes) * MiB)

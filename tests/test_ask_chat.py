@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import cli
 
 from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
@@ -24,18 +22,6 @@ FIELDS = {
     "model",
     "plan",
 }
-
-
-def cli(*args: str, stdin: str = "", home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HUOZI_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "huozi_local", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

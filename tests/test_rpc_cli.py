@@ -16,22 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
+from cli_process import cli
+
 from huozi_local.testing.rpc_worker import RpcWorker
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 MiB = 1024**2
-
-
-def cli(*args: str, stdin: str = "", home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HUOZI_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "huozi_local", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_plan_counts_the_workers_device_as_a_gpu(tiny_models: TinyModels, huozi_home: Path) -> None:

@@ -83,6 +83,29 @@ def test_the_cache_holds_the_prompt_and_the_exact_reply_ids(chat_engine: LlamaEn
         previous = cached
 
 
+def test_the_next_decode_is_queued_before_the_caller_sees_a_token(
+    chat_engine: LlamaEngine,
+) -> None:
+    """On a GPU llama_decode returns once queued: the caller's work must overlap the device's.
+
+    So when the caller holds a token's text, that token is already in the cache (it was pushed
+    before the text was yielded), except for the reply's last token, which is never evaluated.
+    """
+    question = [ChatMessage("user", QUESTIONS[2])]
+    chat_engine.clear_cache()
+    prompt = chat_engine.prompt_tokens(question)
+    cached_at_delta: list[int] = []
+    for event in chat_engine.stream_reply(question):
+        if isinstance(event, TextDelta):
+            cached_at_delta.append(len(chat_engine.cached_tokens) - len(prompt))
+    # 你 好 ， then 龘 (three byte tokens: shown once whole), 世 界 ！
+    assert cached_at_delta == [1, 2, 3, 6, 7, 8, 9]
+    limited = list(chat_engine.stream_reply(question, SamplingOptions(max_tokens=2)))
+    assert [e.text for e in limited if isinstance(e, TextDelta)] == ["你", "好"]
+    # the budget's last token was not pushed: nothing was evaluated that nobody will read
+    assert len(chat_engine.cached_tokens) == len(prompt) + 1
+
+
 def test_an_edited_earlier_message_reevaluates_from_the_edit(chat_engine: LlamaEngine) -> None:
     first = [ChatMessage("user", QUESTIONS[0])]
     collect_reply(chat_engine.stream_reply(first))

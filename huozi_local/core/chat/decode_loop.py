@@ -6,6 +6,13 @@ between them. The caller holds the engine's lock for as long as this generator r
 
 Per token the loop does one `llama_sampler_sample` and one `llama_decode` through ctypes, plus the
 text bookkeeping; the logits stay in C (see `kv_session` and `sampler_chain` for why).
+
+The next decode is queued as soon as a token is known to continue the reply, before its text is
+handled and before the caller sees it: llama.cpp's decode returns once the work is queued on a GPU
+(or an RPC worker) and only sampling waits for it, so whatever the caller does with a token
+(drawing it, writing it to a socket) overlaps the device computing the next one. Only a stop
+string found after that push costs a decode nobody reads; a stop id, the budget and a cancel seen
+before it do not.
 """
 
 from __future__ import annotations
@@ -24,6 +31,14 @@ from huozi_local.core.chat.types import (
     StopReason,
     TextDelta,
 )
+
+
+def sampler_call(session: KvSession) -> Callable[[SamplerChain], int]:
+    """`sample(chain)` on the session's context, under its guard when it has one."""
+    ctx, guard = session.context, session.guard
+    if guard is None:
+        return lambda chain: chain.sample(ctx)
+    return lambda chain: int(guard(chain.sample, ctx))
 
 
 def decode_reply(
@@ -58,20 +73,19 @@ def decode_reply(
     parts: list[str] = []
     ids: list[int] = []
     reason: StopReason = "length" if completed else "cancelled"
-    first_token_at: float | None = None
-    ctx = session.context
-    guard = session.guard
+    sample = sampler_call(session)
     with SamplerChain(options, seed, n_vocab) as sampler:
-        while completed and len(ids) < budget:
-            if ids:
-                session.push(ids[-1])
-            token = sampler.sample(ctx) if guard is None else guard(sampler.sample, ctx)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
+        token = sample(sampler) if completed and budget > 0 else None
+        first_token_at = time.perf_counter()
+        while token is not None:
             if token in stop_ids:
                 reason = "stop"
                 break
             ids.append(token)
+            cancelled = cancel is not None and cancel.is_set()
+            more = len(ids) < budget and not cancelled
+            if more:  # queue the next decode first: a GPU computes while the text is handled
+                session.push(token)
             text, stopped = stop_text.push(decoder.feed(token))
             if text:
                 parts.append(text)
@@ -79,9 +93,10 @@ def decode_reply(
             if stopped:
                 reason = "stop"
                 break
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
+            if not more or (cancel is not None and cancel.is_set()):
+                reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
                 break
+            token = sample(sampler)
     finished = time.perf_counter()
     tail = decoder.flush()
     held, stopped = stop_text.push(tail)
@@ -92,8 +107,8 @@ def decode_reply(
     text = "".join(parts)
     if on_finished is not None:
         on_finished(text, ids)
-    ttft = (first_token_at or finished) - started
-    decode_s = finished - (first_token_at or finished)
+    ttft = first_token_at - started
+    decode_s = finished - first_token_at
     rate = (len(ids) - 1) / decode_s if len(ids) > 1 and decode_s > 0 else 0.0
     yield ReplyResult(
         text=text,

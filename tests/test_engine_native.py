@@ -192,6 +192,31 @@ def test_a_seeded_request_repeats_and_does_not_fix_later_unseeded_ones(
     assert reply_text(random_engine, question, other_seed) != first
 
 
+def test_a_reused_chain_starts_each_reply_as_new(random_engine: LlamaEngine) -> None:
+    """The engine keeps the last chain and resets it: the penalty forgets, dist re-seeds."""
+    question = [ChatMessage("user", QUESTIONS[0])]
+    penalized = SamplingOptions(
+        temperature=1.0, top_k=40, top_p=1.0, min_p=0.0, repeat_penalty=1.5, seed=9, max_tokens=32
+    )
+    first = reply_text(random_engine, question, penalized)
+    chain = random_engine._chains._chain
+    assert reply_text(random_engine, question, penalized) == first
+    assert random_engine._chains._chain is chain  # the same chain, reset
+    prompt = random_engine.prompt_tokens(question)
+    drawn = random_engine.cached_tokens[len(prompt) :]
+    assert len(drawn) >= 8
+    random_engine.clear_cache()
+    session = random_engine._session
+    session.evaluate(prompt)
+    again: list[int] = []
+    with SamplerChain(penalized, 9, random_engine.llama.n_vocab()) as fresh:
+        for _ in drawn:  # a chain built new draws what the reset one drew
+            again.append(fresh.sample(session.context))
+            session.push(again[-1])
+    random_engine.clear_cache()
+    assert again == drawn
+
+
 def test_the_engine_seed_is_the_default_and_a_request_seed_wins(tiny_models: TinyModels) -> None:
     engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=512, seed=7)
     try:

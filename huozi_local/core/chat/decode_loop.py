@@ -47,11 +47,10 @@ def decode_reply(
     options: SamplingOptions,
     cancel: threading.Event | None,
     *,
-    n_vocab: int,
+    sampler: SamplerChain,
     stop_ids: frozenset[int],
     stop_texts: Sequence[str],
     piece: Callable[[int], bytes],
-    seed: int | None,
     model: str,
     started: float,
     dropped_messages: int = 0,
@@ -59,6 +58,7 @@ def decode_reply(
 ) -> Iterator[ReplyEvent]:
     """TextDelta events (whole characters), then ReplyResult.
 
+    `sampler` is a chain as new, built with the reply's settings and seed (the caller owns it).
     `started` is when the caller began working on the request, so time-to-first-token includes
     what it did before (fitting a conversation, tokenizing). `on_finished` gets the reply's text
     and the exact ids generated for it, before ReplyResult is yielded.
@@ -74,29 +74,28 @@ def decode_reply(
     ids: list[int] = []
     reason: StopReason = "length" if completed else "cancelled"
     sample = sampler_call(session)
-    with SamplerChain(options, seed, n_vocab) as sampler:
-        token = sample(sampler) if completed and budget > 0 else None
-        first_token_at = time.perf_counter()
-        while token is not None:
-            if token in stop_ids:
-                reason = "stop"
-                break
-            ids.append(token)
-            cancelled = cancel is not None and cancel.is_set()
-            more = len(ids) < budget and not cancelled
-            if more:  # queue the next decode first: a GPU computes while the text is handled
-                session.push(token)
-            text, stopped = stop_text.push(decoder.feed(token))
-            if text:
-                parts.append(text)
-                yield TextDelta(text)
-            if stopped:
-                reason = "stop"
-                break
-            if not more or (cancel is not None and cancel.is_set()):
-                reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
-                break
-            token = sample(sampler)
+    token = sample(sampler) if completed and budget > 0 else None
+    first_token_at = time.perf_counter()
+    while token is not None:
+        if token in stop_ids:
+            reason = "stop"
+            break
+        ids.append(token)
+        cancelled = cancel is not None and cancel.is_set()
+        more = len(ids) < budget and not cancelled
+        if more:  # queue the next decode first: a GPU computes while the text is handled
+            session.push(token)
+        text, stopped = stop_text.push(decoder.feed(token))
+        if text:
+            parts.append(text)
+            yield TextDelta(text)
+        if stopped:
+            reason = "stop"
+            break
+        if not more or (cancel is not None and cancel.is_set()):
+            reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
+            break
+        token = sample(sampler)
     finished = time.perf_counter()
     tail = decoder.flush()
     held, stopped = stop_text.push(tail)

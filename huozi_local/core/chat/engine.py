@@ -30,6 +30,7 @@ from huozi_local.core.chat.decode_loop import decode_reply
 from huozi_local.core.chat.kv_session import KvSession
 from huozi_local.core.chat.loader import check_model_file, load_llama
 from huozi_local.core.chat.safe_tokenizer import SafeTokenizer
+from huozi_local.core.chat.sampler_chain import ReusedChain
 from huozi_local.core.chat.template import (
     Segment,
     huozi_segments,
@@ -102,9 +103,9 @@ class LlamaEngine:
         self._stop_ids = frozenset(stops)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._bos_id = llm.token_bos()
-        self._n_vocab = n_vocab
         rpc_guard = llm._guarded if getattr(llm, "uses_rpc", False) else None
         self._session = KvSession(llm.ctx, rpc_guard)
+        self._chains = ReusedChain(n_vocab)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -148,6 +149,7 @@ class LlamaEngine:
 
     def close(self) -> None:
         with self._lock:
+            self._chains.close()
             self._session.close()
             self._llm.close()
 
@@ -330,11 +332,12 @@ class LlamaEngine:
             prompt,
             options,
             cancel,
-            n_vocab=self._n_vocab,
+            sampler=self._chains.get(
+                options, options.seed if options.seed is not None else self._seed
+            ),
             stop_ids=self._stop_ids,
             stop_texts=stop_texts,
             piece=self._reply_piece,
-            seed=options.seed if options.seed is not None else self._seed,
             model=self.model_name,
             started=started,
             dropped_messages=dropped_messages,

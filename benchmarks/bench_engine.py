@@ -5,6 +5,9 @@
    over llama-bench's tg128 at the same depth, and over bare `Llama.generate` with the same
    sampling. llama-bench samples nothing, so sampling counts against the engine.
    Goals: engine / llama-bench >= 0.97 at ~4 ms/token (tiny f32), >= 0.90 at ~1 ms/token (q4_0).
+   Also over llama.cpp's own generation loop, `llama-completion` with the same sampling and the
+   same prompt: its decode time plus its sampling time per token, as llama.cpp itself reports
+   them (its printing is left out, in its favour).
 2. Prompt processing (pp512): a 512-token prompt on an empty cache, as the time to the first
    token of `stream_completion` (tokenizing and the first sample included) and as the bare
    evaluation, over llama-bench's pp512. Goal: >= 0.97.
@@ -29,6 +32,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -39,10 +43,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llama_bench_build import CACHE_ROOT, build_llama_bench, installed_version
+from llama_bench_build import CACHE_ROOT, build_llama_bench, build_llama_tool, installed_version
 
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.kv_session import KvSession
+from huozi_local.core.chat.sampler_chain import PENALTY_LAST_N
 from huozi_local.core.chat.types import (
     ChatMessage,
     ReplyResult,
@@ -76,6 +81,31 @@ def llama_bench(binary: Path, model: Path, threads: int, args: list[str]) -> flo
     return float(record["avg_ts"])
 
 
+def llama_completion(
+    binary: Path, model: Path, threads: int, prompt: str, n: int, s: SamplingOptions
+) -> float:
+    """Generated tokens/s of llama.cpp's own loop: decodes / (its eval time + sampling time)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as file:
+        file.write(prompt)
+        file.flush()
+        done = subprocess.run(
+            [str(binary), "-m", str(model), "-t", str(threads), "-fa", "off", "-c", "2048",
+             "-f", file.name, "-n", str(n), "-no-cnv", "--ignore-eos", "--no-warmup",
+             "--temp", str(s.temperature), "--top-k", str(s.top_k), "--top-p", str(s.top_p),
+             "--min-p", str(s.min_p), "--repeat-penalty", str(s.repeat_penalty),
+             "--repeat-last-n", str(PENALTY_LAST_N), "-s", "1"],
+            capture_output=True, text=True, errors="replace", check=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    log = done.stderr
+    eval_ms, runs = re.search(
+        r"perf_print:\s+eval time =\s+([\d.]+) ms /\s+(\d+) runs", log
+    ).groups()  # type: ignore[union-attr]
+    sampling_ms = float(re.search(r"sampling time =\s+([\d.]+) ms", log).group(1))  # type: ignore[union-attr]
+    decodes = int(runs)
+    # n samples, n - 1 decodes; the engine's rate counts n - 1 of each, as here
+    return decodes / ((float(eval_ms) + sampling_ms * decodes / n) / 1000)
+
+
 def text_of_tokens(engine: LlamaEngine, n: int) -> str:
     """A prompt text that tokenizes to exactly `n` tokens (BOS included), or as near as it gets."""
     text = LONG_TEXT * (n // 40 + 2)
@@ -92,13 +122,16 @@ def text_of_tokens(engine: LlamaEngine, n: int) -> str:
 class Contenders:
     """One model loaded once; each method runs one measurement and returns tokens/s."""
 
-    def __init__(self, model: Path, threads: int, n_tokens: int, binary: Path) -> None:
+    def __init__(
+        self, model: Path, threads: int, n_tokens: int, binary: Path, completion: Path
+    ) -> None:
         import llama_cpp
 
         self.model = model
         self.threads = threads
         self.n_tokens = n_tokens
         self.binary = binary
+        self.completion = completion
         self.engine = LlamaEngine.load(model, n_ctx=2048, n_threads=threads, flash_attn=False)
         llama_cpp.llama_set_n_threads(self.engine.llama.ctx, threads, threads)
         self.messages = [ChatMessage("user", QUESTION)]
@@ -136,6 +169,14 @@ class Contenders:
         rate = (count - 1) / (time.perf_counter() - first)
         self.engine.clear_cache()  # generate wrote the cache behind the engine's back
         return rate
+
+    def completion_tg(self) -> float:
+        bos = self.engine.llama.token_bos()
+        ids = self.prompt[1:] if self.prompt[:1] == [bos] else self.prompt  # it adds its own BOS
+        text = self.engine.llama.detokenize(ids, special=True).decode("utf-8")
+        return llama_completion(
+            self.completion, self.model, self.threads, text, self.n_tokens, self.sampling
+        )
 
     def bench_tg(self) -> float:
         test = ["-p", "0", "-n", str(self.n_tokens), "-d", str(len(self.prompt))]
@@ -198,15 +239,21 @@ def ratio_line(label: str, ours: list[float], base: list[float], goal: float | N
 
 
 def bench_model(
-    models: TinyModels, quant: Quant, goal: float, args: argparse.Namespace, binary: Path
+    models: TinyModels,
+    quant: Quant,
+    goal: float,
+    args: argparse.Namespace,
+    binary: Path,
+    completion: Path,
 ) -> None:
     model = models.get("merged", quant, "loop")  # rig 'loop' never stops: every reply is full
-    contenders = Contenders(model, args.threads, args.tokens, binary)
+    contenders = Contenders(model, args.threads, args.tokens, binary, completion)
     print(f"\n== tiny {quant} ({model.name}), {args.threads} threads, {args.rounds} rounds")
     try:
         tg = interleaved(
             {
                 "llama-bench": contenders.bench_tg,
+                "llama-completion": contenders.completion_tg,
                 "bare": contenders.bare_tg,
                 "engine": contenders.engine_tg,
             },
@@ -216,10 +263,21 @@ def bench_model(
         print(
             f"decode tg{args.tokens} at depth {len(contenders.prompt)} (median tokens/s): "
             f"llama-bench {bench:.1f} ({1000 / bench:.2f} ms/token), "
+            f"llama-completion {statistics.median(tg['llama-completion']):.1f}, "
             f"bare Llama.generate {statistics.median(tg['bare']):.1f}, "
             f"engine {statistics.median(tg['engine']):.1f}"
         )
         print(ratio_line("engine / llama-bench", tg["engine"], tg["llama-bench"], goal))
+        completion_ratio = ratio_line(
+            "engine / llama-completion", tg["engine"], tg["llama-completion"], None
+        )
+        print(completion_ratio)
+        print(
+            "    per token over llama-bench (median): engine "
+            f"+{1e3 / statistics.median(tg['engine']) * 1e3 - 1e6 / bench:.0f} us, "
+            "llama-completion "
+            f"+{1e3 / statistics.median(tg['llama-completion']) * 1e3 - 1e6 / bench:.0f} us"
+        )
         print(ratio_line("bare / llama-bench  ", tg["bare"], tg["llama-bench"], None))
         print(ratio_line("engine / bare       ", tg["engine"], tg["bare"], None))
         pp = interleaved(
@@ -302,13 +360,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     binary = args.llama_bench or build_llama_bench(installed_version(), args.sdist_dir)
+    completion = build_llama_tool(installed_version(), args.sdist_dir, "llama-completion")
     root = os.environ.get("HUOZI_TINY_MODELS_DIR") or tempfile.mkdtemp(prefix="huozi-bench-")
     models = TinyModels(Path(root))
     print(f"llama-bench: {binary}")
     goals: dict[Quant, float] = {"f32": 0.97, "q4_0": 0.90, "q2_k": 0.90}
     for quant in goals:
         if quant in args.quants.split(","):
-            bench_model(models, quant, goals[quant], args, binary)
+            bench_model(models, quant, goals[quant], args, binary, completion)
     print(f"\nquestions: {args.questions or 'huozi_local.testing.conversations'}")
     conversation(models, args.turns, questions(args.questions))
     return 0

@@ -1,13 +1,17 @@
-"""llama.cpp's own `llama-bench`, built from the llama.cpp the installed llama-cpp-python vendors.
+"""llama.cpp's own tools, built from the llama.cpp the installed llama-cpp-python vendors.
+
+`llama-bench` (decode and prompt speed with no sampling) and `llama-completion` (llama.cpp's own
+generation loop: decode, its sampler chain and printing, per token).
 
 A ratio against llama-bench only means something when both sides run the same ggml kernels, so the
 baseline is built from the sdist of the installed llama-cpp-python version (its `vendor/llama.cpp`),
 in Release like scikit-build-core builds the wheel, with llama.cpp's default native CPU flags and
 the `CMAKE_ARGS` the wheel was built with when they are in the environment. The build takes several
-minutes on two cores, so the binary is cached under `~/.cache/huozi-local/llama-bench-<version>`.
+minutes on two cores, so the binaries are cached under `~/.cache/huozi-local/llama-bench-<version>`
+(a second tool reuses the libraries the first one built: seconds).
 
 Run: python benchmarks/llama_bench_build.py [--version 0.3.36] [--sdist-dir /tmp/sdist]
-(prints the path of the binary).
+[--target llama-completion] (prints the path of the binary).
 """
 
 from __future__ import annotations
@@ -60,11 +64,19 @@ def build_llama_bench(
     version: str, sdist_dir: Path, cache_root: Path = CACHE_ROOT, jobs: int = 2
 ) -> Path:
     """Path of a `llama-bench` binary for `version`, built once and then reused."""
+    return build_llama_tool(version, sdist_dir, TARGET, cache_root, jobs)
+
+
+def build_llama_tool(
+    version: str, sdist_dir: Path, target: str, cache_root: Path = CACHE_ROOT, jobs: int = 2
+) -> Path:
+    """Path of llama.cpp's `target` binary for `version`, built once and then reused."""
     home = cache_root / f"llama-bench-{version}"
-    binary = home / "build" / "bin" / TARGET
+    binary = home / "build" / "bin" / target
     if binary.exists():
         return binary
     source = home / "src"
+    configured = (home / "build" / "CMakeCache.txt").exists()
     if not (source / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
         archive = sdist_path(version, sdist_dir)
         unpack = home / "unpack"
@@ -74,13 +86,25 @@ def build_llama_bench(
         (unpack / top).rename(source)
     llama_cpp = source / "vendor" / "llama.cpp"
     wheel_args = shlex.split(os.environ.get("CMAKE_ARGS", ""))
+    if not configured:
+        configure(llama_cpp, home / "build", wheel_args)
+    subprocess.run(
+        ["cmake", "--build", str(home / "build"), "--target", target, "-j", str(jobs)],
+        check=True,
+    )
+    if not binary.exists():
+        raise SystemExit(f"the build finished without {binary}")
+    return binary
+
+
+def configure(llama_cpp: Path, build: Path, wheel_args: list[str]) -> None:
     subprocess.run(
         [
             "cmake",
             "-S",
             str(llama_cpp),
             "-B",
-            str(home / "build"),
+            str(build),
             "-DCMAKE_BUILD_TYPE=Release",
             "-DBUILD_SHARED_LIBS=ON",
             "-DLLAMA_CURL=OFF",
@@ -91,13 +115,6 @@ def build_llama_bench(
         ],
         check=True,
     )
-    subprocess.run(
-        ["cmake", "--build", str(home / "build"), "--target", TARGET, "-j", str(jobs)],
-        check=True,
-    )
-    if not binary.exists():
-        raise SystemExit(f"the build finished without {binary}")
-    return binary
 
 
 def main() -> None:
@@ -105,9 +122,10 @@ def main() -> None:
     parser.add_argument("--version", default=None, help="default: the installed llama-cpp-python")
     parser.add_argument("--sdist-dir", type=Path, default=CACHE_ROOT / "sdist")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--target", default=TARGET, help="llama-bench, llama-completion, ...")
     args = parser.parse_args()
     version = args.version or installed_version()
-    print(build_llama_bench(version, args.sdist_dir, jobs=args.jobs))
+    print(build_llama_tool(version, args.sdist_dir, args.target, jobs=args.jobs))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,6 @@ class Contenders:
     def __init__(
         self, model: Path, threads: int, n_tokens: int, binary: Path, completion: Path
     ) -> None:
-        import llama_cpp
 
         self.model = model
         self.threads = threads
@@ -133,7 +132,7 @@ class Contenders:
         self.binary = binary
         self.completion = completion
         self.engine = LlamaEngine.load(model, n_ctx=2048, n_threads=threads, flash_attn=False)
-        llama_cpp.llama_set_n_threads(self.engine.llama.ctx, threads, threads)
+        self.engine.set_threads(threads, threads)
         self.messages = [ChatMessage("user", QUESTION)]
         self.prompt = self.engine.prompt_tokens(self.messages)
         self.sampling = SamplingOptions(**{**README_SAMPLING.__dict__, "max_tokens": n_tokens})

@@ -385,3 +385,25 @@ def test_with_rpc_devices_every_decode_runs_under_the_loader_guard(
         assert len(calls) == 1 + 9 + 10
     finally:
         engine.close()
+
+
+# -- threads -----------------------------------------------------------------------------------
+def test_the_context_computes_on_attached_threadpools_that_follow_thread_changes(
+    chat_engine: LlamaEngine,
+) -> None:
+    """As llama.cpp's own tools do: pools made once, not one per graph; resized, never smaller."""
+    import llama_cpp
+
+    pools = chat_engine._threadpools
+    assert pools is not None and pools._pools  # this build's CPU backend exposes the API
+    ctx = chat_engine.llama.ctx
+    question = [ChatMessage("user", QUESTIONS[0])]
+    for n_threads, n_batch in ((1, 2), (2, 1), (2, 2)):
+        chat_engine.set_threads(n_threads, n_batch)
+        assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (
+            n_threads,
+            n_batch,
+        )
+        assert len(pools._pools) == (1 if n_threads == n_batch else 2)
+        chat_engine.clear_cache()  # the prompt is evaluated as a batch, then tokens one by one
+        assert collect_reply(chat_engine.stream_reply(question)).text == RIG_TEXT

@@ -43,6 +43,7 @@ from huozi_local.core.chat.types import (
     ReplyEvent,
     SamplingOptions,
 )
+from huozi_local.core.devices.threadpool import CpuThreadpools
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.gguf.header import GGUFFile
 from huozi_local.core.progress import ProgressCallback
@@ -106,6 +107,7 @@ class LlamaEngine:
         rpc_guard = llm._guarded if getattr(llm, "uses_rpc", False) else None
         self._session = KvSession(llm.ctx, rpc_guard)
         self._chains = ReusedChain(n_vocab)
+        self._threadpools = CpuThreadpools.attach(llm.ctx)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -152,6 +154,22 @@ class LlamaEngine:
             self._chains.close()
             self._session.close()
             self._llm.close()
+            if self._threadpools is not None:  # after the context that used them is gone
+                self._threadpools.close()
+                self._threadpools = None
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        """Decode with n_threads and evaluate prompts with n_threads_batch from now on.
+
+        The only safe way to change them: the context's CPU threadpools must match the counts.
+        """
+        import llama_cpp
+
+        with self._lock:
+            if self._threadpools is None or not self._threadpools.set_threads(
+                n_threads, n_threads_batch
+            ):
+                llama_cpp.llama_set_n_threads(self._llm.ctx, n_threads, n_threads_batch)
 
     def clear_cache(self) -> None:
         """Forget the KV cache: the next reply evaluates its whole prompt (benchmarks, tests)."""

@@ -45,6 +45,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
     "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
     "ggml_backend_register": ([ctypes.c_void_p], None),
+    "ggml_backend_reg_by_name": ([ctypes.c_char_p], ctypes.c_void_p),
+    "ggml_backend_reg_get_proc_address": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p),
     "ggml_backend_cpu_buffer_type": ([], ctypes.c_void_p),
     "ggml_backend_rpc_add_server": ([ctypes.c_char_p], ctypes.c_void_p),
     "ggml_backend_rpc_start_server": (

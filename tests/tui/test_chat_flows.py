@@ -30,6 +30,7 @@ from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.loading import LoadFinished
 from huozi_local.tui.screens.settings import SettingsScreen
 from huozi_local.tui.widgets.chat_input import ChatInput
+from huozi_local.tui.widgets.message_view import MessageView
 
 QUESTION = "你好，请介绍一下活字"
 STATUS = re.compile(r"ctx (?P<used>\d+)/(?P<n_ctx>\d+) │ (?P<speed>\d+\.\d|–) tok/s")
@@ -342,3 +343,38 @@ async def test_locked_database_keeps_the_reply_on_screen_and_says_once_it_was_no
         finally:
             holder.release()
     store.close()
+
+
+@pytest.mark.slow
+async def test_the_model_starts_on_the_prompt_before_the_screen_lays_out_the_reply(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    """Sending and regenerating start the model first: mounting views overlaps the prompt."""
+    app = _app_with_engine(tiny_models.get("merged", "q4_0", rig="chat"))
+    async with app.run_test(size=(110, 30)) as pilot:
+        screen = _chat(app)
+        order: list[str] = []
+        start_model = screen.generate
+        log = screen.message_log
+        mount = log.mount
+
+        def generate(cancel: threading.Event) -> object:
+            order.append("model")
+            return start_model(cancel)
+
+        def mount_in_order(*widgets: MessageView, **kwargs: object) -> object:
+            order.append(f"mount {widgets[0].role}")
+            return mount(*widgets, **kwargs)  # type: ignore[arg-type]
+
+        screen.generate = generate  # type: ignore[method-assign, assignment]
+        log.mount = mount_in_order  # type: ignore[method-assign, assignment]
+        await _ask(pilot, screen, QUESTION)
+        assert order == ["model", "mount user", "mount assistant"]
+        order.clear()
+        finished = screen.replies_finished
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: screen.replies_finished == finished + 1, "a new reply")
+        assert order == ["model", "mount assistant"]
+        # and the text still reached the views mounted after the model started
+        replies = [v for v in screen.message_views() if v.role == "assistant"]
+        assert len(replies) == 1 and RIG_TEXT in replies[0].text

@@ -176,17 +176,26 @@ class ChatScreen(RecoveringScreen):
                 event.chat_input.insert(text)
                 self.notify(str(exc), severity="error", timeout=10, markup=False)
                 return
+            self.begin_reply()  # the model reads the prompt while the screen shows the message
             await self.message_log.mount(MessageView("user", text))
             if new_conversation:
                 await self.refresh_sidebar()
+            await self.show_reply()
+            return
         await self.start_reply()
 
     async def start_reply(self) -> None:
-        self._live = MessageView("assistant")
-        log = self.message_log
-        await log.mount(self._live)
-        self._live.start_stream()
-        log.anchor()
+        self.begin_reply()
+        await self.show_reply()
+
+    def begin_reply(self) -> None:
+        """Start the model on the conversation as saved.
+
+        Called before the screen mounts what the reply needs: evaluating the prompt (on a GPU,
+        or with a core to spare) overlaps that layout instead of waiting for it. The worker's
+        messages reach this screen only after the handler that called this one returns, by which
+        time `show_reply` has mounted the view they draw into.
+        """
         self.replying = True
         self._next_draw_at = 0.0
         # The first interval counts what sending cost the UI thread (mounting the reply, the
@@ -195,6 +204,13 @@ class ChatScreen(RecoveringScreen):
         self.cancel_event = threading.Event()
         self.refresh_status("生成中 generating…")
         self.generate(self.cancel_event)
+
+    async def show_reply(self) -> None:
+        self._live = MessageView("assistant")
+        log = self.message_log
+        await log.mount(self._live)
+        self._live.start_stream()
+        log.anchor()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
     def generate(self, cancel: threading.Event) -> None:
@@ -277,9 +293,10 @@ class ChatScreen(RecoveringScreen):
         if not self.session.drop_last_reply():
             self.notify("Nothing to regenerate yet", severity="warning")
             return
+        self.begin_reply()
         if views and views[-1].role == "assistant":
             await views[-1].remove()
-        await self.start_reply()
+        await self.show_reply()
 
     def action_edit_last(self) -> None:
         if self.replying:

@@ -43,17 +43,6 @@ from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_re
 from huozi_local.testing.tiny_model import TinyModels
 
 
-def measure(run: Callable[[], int], runs: int) -> tuple[float, int]:
-    """Median tokens/s over `runs` replies (wall clock from request to last token)."""
-    rates: list[float] = []
-    tokens = 0
-    for _ in range(runs):
-        started = time.perf_counter()
-        tokens = run()
-        rates.append(tokens / (time.perf_counter() - started))
-    return statistics.median(rates), tokens
-
-
 def load(model: Path, ctx: int, threads: int) -> LlamaEngine:
     return LlamaEngine.load(model, n_ctx=ctx, n_threads=threads, seed=1)
 
@@ -137,25 +126,48 @@ def throughput(model: Path, args: argparse.Namespace) -> None:
 
         engine_alone()  # warm-ups: page the weights in, fill the KV prefix
         through_server()
-        base, base_tokens = measure(engine_alone, args.runs)
-        served, served_tokens = measure(through_server, args.runs)
-        remote_rate, remote_tokens = measure(through_remote, args.runs)
-        again, _ = measure(engine_alone, args.runs)  # a second baseline: the machine is shared
+        rates = interleaved(
+            {"engine": engine_alone, "server": through_server, "remote": through_remote},
+            args.runs,
+            args.max_tokens,
+        )
     finally:
         server.terminate()
         server.wait(30)
         engine.close()
-    baseline = (base + again) / 2
+    baseline = statistics.median(rates["engine"])
     print(
-        f"reply length: {args.max_tokens} tokens, {args.runs} runs each, "
-        f"{args.threads} thread(s), median tokens/s"
+        f"reply length: {args.max_tokens} tokens, {args.runs} rounds (engine, server and "
+        f"RemoteBackend in turn, order rotating), {args.threads} thread(s), median tokens/s"
     )
-    print(f"engine alone:                {baseline:8.1f} tok/s  ({base:.1f} / {again:.1f})")
-    print(f"server (openai client, SSE): {served:8.1f} tok/s  ratio {served / baseline:.3f}")
-    print(
-        f"RemoteBackend over server:   {remote_rate:8.1f} tok/s  ratio {remote_rate / baseline:.3f}"
-    )
-    assert base_tokens == served_tokens == remote_tokens == args.max_tokens
+    print(f"engine alone:                {baseline:8.1f} tok/s")
+    for name, label in (
+        ("server", "server (openai client, SSE):"),
+        ("remote", "RemoteBackend over server:"),
+    ):
+        pairs = [a / b for a, b in zip(rates[name], rates["engine"], strict=True)]
+        median = statistics.median(rates[name])
+        print(
+            f"{label:28s} {median:8.1f} tok/s  ratio {median / baseline:.3f} "
+            f"(median of per-round ratios {statistics.median(pairs):.3f})"
+        )
+
+
+def interleaved(
+    runs: dict[str, Callable[[], int]], rounds: int, expected: int
+) -> dict[str, list[float]]:
+    """Tokens/s of each contender per round, the order rotating: a busy neighbour slows
+    whichever runs at that moment, and a round's contenders run seconds apart."""
+    names = list(runs)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            tokens = runs[name]()
+            rates[name].append(tokens / (time.perf_counter() - started))
+            assert tokens == expected, (name, tokens)
+    return rates
 
 
 # -- load and faults --------------------------------------------------------------------------

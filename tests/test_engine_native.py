@@ -24,6 +24,7 @@ from huozi_local.core.chat.types import (
     TextDelta,
     collect_reply,
 )
+from huozi_local.testing.rpc_worker import RpcWorker, in_child
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 # A conversation of our own (Chinese and English, short and long turns).
@@ -83,27 +84,74 @@ def test_the_cache_holds_the_prompt_and_the_exact_reply_ids(chat_engine: LlamaEn
         previous = cached
 
 
-def test_the_next_decode_is_queued_before_the_caller_sees_a_token(
+def _cached_when_the_caller_has_each_token(
+    engine: LlamaEngine, question: list[ChatMessage], options: SamplingOptions | None = None
+) -> list[int]:
+    """How many reply tokens the KV cache held at each TextDelta the caller received."""
+    prompt = engine.prompt_tokens(question)
+    engine.clear_cache()
+    seen: list[int] = []
+    for event in engine.stream_reply(question, options):
+        if isinstance(event, TextDelta):
+            seen.append(len(engine.cached_tokens) - len(prompt))
+    return seen
+
+
+def test_on_the_cpu_the_caller_gets_each_token_before_its_decode(
     chat_engine: LlamaEngine,
 ) -> None:
-    """On a GPU llama_decode returns once queued: the caller's work must overlap the device's.
-
-    So when the caller holds a token's text, that token is already in the cache (it was pushed
-    before the text was yielded), except for the reply's last token, which is never evaluated.
-    """
+    """llama_decode computes before returning here: a caller in another thread (the app, the
+    server) works while this one waits in it without the GIL, so the token goes out first."""
     question = [ChatMessage("user", QUESTIONS[2])]
-    chat_engine.clear_cache()
-    prompt = chat_engine.prompt_tokens(question)
-    cached_at_delta: list[int] = []
-    for event in chat_engine.stream_reply(question):
-        if isinstance(event, TextDelta):
-            cached_at_delta.append(len(chat_engine.cached_tokens) - len(prompt))
     # 你 好 ， then 龘 (three byte tokens: shown once whole), 世 界 ！
-    assert cached_at_delta == [1, 2, 3, 6, 7, 8, 9]
-    limited = list(chat_engine.stream_reply(question, SamplingOptions(max_tokens=2)))
-    assert [e.text for e in limited if isinstance(e, TextDelta)] == ["你", "好"]
-    # the budget's last token was not pushed: nothing was evaluated that nobody will read
-    assert len(chat_engine.cached_tokens) == len(prompt) + 1
+    assert _cached_when_the_caller_has_each_token(chat_engine, question) == [0, 1, 2, 5, 6, 7, 8]
+    assert not chat_engine._session.decode_returns_early  # measured: decode is the long wait
+
+
+def test_where_decode_returns_early_the_next_one_is_queued_before_the_caller_sees_a_token(
+    chat_engine: LlamaEngine,
+) -> None:
+    """On a GPU or an RPC worker llama_decode only queues the work (see the RPC test below):
+    then the device computes the next token while the caller handles this one."""
+    session = chat_engine._session
+    question = [ChatMessage("user", QUESTIONS[3])]
+    try:
+        for _ in range(50):  # timings as an async device gives them: queuing is instant
+            session.note_waits(push_s=0.0, sample_s=0.05)
+        assert session.decode_returns_early
+        seen = _cached_when_the_caller_has_each_token(chat_engine, question)
+        assert seen == [1, 2, 3, 6, 7, 8, 9]
+        for _ in range(50):
+            session.note_waits(push_s=0.0, sample_s=0.05)
+        two = SamplingOptions(max_tokens=2)
+        assert _cached_when_the_caller_has_each_token(chat_engine, question, two) == [1, 1]
+        # the budget's last token was not pushed: nothing was evaluated that nobody will read
+        assert len(chat_engine.cached_tokens) == len(chat_engine.prompt_tokens(question)) + 1
+    finally:
+        for _ in range(50):
+            session.note_waits(push_s=0.001, sample_s=0.0)
+
+
+def test_an_rpc_worker_is_measured_as_a_device_whose_decode_returns_early(
+    tiny_models: TinyModels,
+) -> None:
+    """A real ggml device that computes on its own: a worker on 127.0.0.1, every layer on it."""
+    model = tiny_models.get("merged", "q4_0", "loop")
+    with RpcWorker() as worker:
+        found = in_child(
+            """
+            import json
+            from huozi_local.core.chat.engine import LlamaEngine
+            from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
+            engine = LlamaEngine.load(model, n_ctx=512, n_gpu_layers=99, rpc_servers=[endpoint])
+            result = collect_reply(engine.stream_reply(
+                [ChatMessage("user", "你好")], SamplingOptions(max_tokens=24)))
+            print(json.dumps([result.completion_tokens, engine._session.decode_returns_early]))
+            """,
+            model=str(model),
+            endpoint=str(worker.endpoint),
+        )
+    assert found == [24, True]
 
 
 def test_an_edited_earlier_message_reevaluates_from_the_edit(chat_engine: LlamaEngine) -> None:

@@ -7,12 +7,15 @@ between them. The caller holds the engine's lock for as long as this generator r
 Per token the loop does one `llama_sampler_sample` and one `llama_decode` through ctypes, plus the
 text bookkeeping; the logits stay in C (see `kv_session` and `sampler_chain` for why).
 
-The next decode is queued as soon as a token is known to continue the reply, before its text is
-handled and before the caller sees it: llama.cpp's decode returns once the work is queued on a GPU
-(or an RPC worker) and only sampling waits for it, so whatever the caller does with a token
-(drawing it, writing it to a socket) overlaps the device computing the next one. Only a stop
-string found after that push costs a decode nobody reads; a stop id, the budget and a cancel seen
-before it do not.
+A token is handed to the caller just before the longer of the two waits that follow it, so that
+what the caller does with it (draw it, write it to a socket) overlaps the model's work. On the CPU
+llama_decode computes before it returns and sampling is quick: the token goes out first, and a
+caller in another thread (the app's screen, the server's event loop) takes the GIL while this one
+waits in llama_decode without it. On a GPU or an RPC worker llama_decode only queues the work and
+sampling waits for it: the next decode is queued first, and even a caller in this thread works
+while the device computes. Which case holds is measured as the reply runs
+(`KvSession.decode_returns_early`). Queuing first costs one decode nobody reads when a stop string
+ends the reply; a stop id, the budget and a cancel are seen before either order pushes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def sampler_call(session: KvSession) -> Callable[[SamplerChain], int]:
     if guard is None:
         return lambda chain: chain.sample(ctx)
     return lambda chain: int(guard(chain.sample, ctx))
+
+
+def _timed_push(session: KvSession, token: int) -> float:
+    pushed_at = time.perf_counter()
+    session.push(token)
+    return time.perf_counter() - pushed_at
 
 
 def decode_reply(
@@ -81,10 +90,10 @@ def decode_reply(
             reason = "stop"
             break
         ids.append(token)
-        cancelled = cancel is not None and cancel.is_set()
-        more = len(ids) < budget and not cancelled
-        if more:  # queue the next decode first: a GPU computes while the text is handled
-            session.push(token)
+        more = len(ids) < budget and not (cancel is not None and cancel.is_set())
+        queued_first = more and session.decode_returns_early
+        if queued_first:  # a device computes the next logits while the caller has this token
+            push_s = _timed_push(session, token)
         text, stopped = stop_text.push(decoder.feed(token))
         if text:
             parts.append(text)
@@ -95,7 +104,11 @@ def decode_reply(
         if not more or (cancel is not None and cancel.is_set()):
             reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
             break
+        if not queued_first:
+            push_s = _timed_push(session, token)
+        sampled_at = time.perf_counter()
         token = sample(sampler)
+        session.note_waits(push_s, time.perf_counter() - sampled_at)
     finished = time.perf_counter()
     tail = decoder.flush()
     held, stopped = stop_text.push(tail)

@@ -23,6 +23,7 @@ import numpy as np
 from huozi_local.core.errors import HuoziError
 
 Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
+WAIT_AVERAGING = 0.2  # weight of the newest token in the moving averages of the two waits
 
 _DECODE_ERRORS = {
     1: "no room left in the KV cache",
@@ -57,6 +58,9 @@ class KvSession:
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
         self._tokens: list[int] = []
+        # how long llama_decode and sampling take, as moving averages (see `decode_returns_early`)
+        self._push_s = 0.0
+        self._sample_s = 0.0
 
     def close(self) -> None:
         if self._batch is not None:
@@ -131,6 +135,22 @@ class KvSession:
         if rc != 0:
             self._fail(rc)
         self._tokens.append(token)
+
+    # -- which of the two waits is the long one ---------------------------------------------
+    def note_waits(self, push_s: float, sample_s: float) -> None:
+        """Record how long one token's `push` and the next sample took."""
+        self._push_s += (push_s - self._push_s) * WAIT_AVERAGING
+        self._sample_s += (sample_s - self._sample_s) * WAIT_AVERAGING
+
+    @property
+    def decode_returns_early(self) -> bool:
+        """Does llama_decode return before the work is done (a GPU, an RPC worker)?
+
+        On the CPU it computes before returning and sampling is quick; on a GPU or an RPC
+        worker it only queues the work, and sampling waits for it. Measured, not configured: a
+        split model is whichever its timings say. False until there are timings.
+        """
+        return self._push_s < self._sample_s
 
     def _fill(self, chunk: Sequence[int], *, with_logits: bool) -> None:
         # numpy converts a 512-token list five times faster than a ctypes array constructor

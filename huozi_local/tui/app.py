@@ -23,6 +23,7 @@ from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.tui.failures import FailureLog
 from huozi_local.tui.messages import (
     BackendLoaded,
+    LoadRequested,
     ModelDownloaded,
     SettingsRequested,
     SetupRequested,
@@ -94,9 +95,10 @@ class HuoziApp(App[None]):
         else:
             self.push_screen(screen)
 
-    def open_setup(self, error: str = "") -> None:
-        """The setup screen; an `error` (a model that would not load) stays on it until acted on."""
-        self._show(SetupScreen(self.paths, self.settings, self.options, error))
+    def open_setup(self, error: str = "", failed: ModelChoice | None = None) -> None:
+        """The setup screen; an `error` (a model that would not load) stays on it until acted on,
+        and Retry there loads `failed` again when that is the model that would not load."""
+        self._show(SetupScreen(self.paths, self.settings, self.options, error, failed))
 
     def load_model(self, choice: ModelChoice) -> None:
         self._show(LoadingScreen(choice, self.loader))
@@ -126,7 +128,11 @@ class HuoziApp(App[None]):
 
     @on(SetupRequested)
     def _setup_requested(self, message: SetupRequested) -> None:
-        self.open_setup(message.error)
+        self.open_setup(message.error, message.failed)
+
+    @on(LoadRequested)
+    def _load_requested(self, message: LoadRequested) -> None:
+        self.load_model(message.choice)
 
     @on(ModelDownloaded)
     def _model_downloaded(self, message: ModelDownloaded) -> None:

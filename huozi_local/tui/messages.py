@@ -14,11 +14,24 @@ from huozi_local.tui.session import ModelInfo
 
 
 class SetupRequested(Message):
-    """Go (back) to the first-run setup; `error` is shown first when there is one."""
+    """Go (back) to the first-run setup; `error` is shown first when there is one.
 
-    def __init__(self, error: str = "") -> None:
+    `failed` is the model that would not load, when that was the error: Retry loads it again
+    (a `--model FILE`, a model picked in settings) rather than downloading the recommended one.
+    """
+
+    def __init__(self, error: str = "", failed: ModelChoice | None = None) -> None:
         super().__init__()
         self.error = error
+        self.failed = failed
+
+
+class LoadRequested(Message):
+    """Load this model (again): Retry after it would not load."""
+
+    def __init__(self, choice: ModelChoice) -> None:
+        super().__init__()
+        self.choice = choice
 
 
 class ModelDownloaded(Message):

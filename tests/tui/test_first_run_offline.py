@@ -285,6 +285,44 @@ async def test_a_loader_that_raises_is_shown_and_retry_loads(
 
 
 @pytest.mark.slow
+async def test_retry_after_a_model_would_not_load_loads_that_model_again(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    """A `--model FILE` (or a model chosen in settings) that fails with a reason: the setup
+    screen shows it, and its Retry loads that model again, not the recommended download."""
+    from huozi_local.core.errors import HuoziError
+    from huozi_local.core.progress import ProgressCallback
+    from huozi_local.tui.model_choice import ModelChoice, load_local_engine
+
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    attempts: list[Path] = []
+
+    def short_of_memory_once(
+        choice: ModelChoice, progress: ProgressCallback | None, cancel: threading.Event | None
+    ) -> ChatBackend:
+        attempts.append(choice.path)
+        if len(attempts) == 1:
+            raise HuoziError("the model needs 30 GB of memory, 12 GB are free")
+        return load_local_engine(choice, progress, cancel)
+
+    hub = FakeHub()  # reachable and empty: a Retry that downloaded would fail here
+    with running_hub(hub):
+        options = AppOptions(machine_probe=gaming_gpu, endpoint=hub.hub_url)
+        settings = Settings(model=str(model), temperature=0.0)
+        app = create_app(settings=settings, loader=short_of_memory_once, options=options)
+        async with app.run_test(size=(110, 50)) as pilot:
+            setup = await setup_screen(app, pilot)
+            panel = setup.query_one(FailurePanel)
+            await wait_for(pilot, lambda: panel.showing, "the reason on the setup screen")
+            assert "30 GB of memory" in panel.reason
+            assert "Retry loading it" in text_of(setup, "#failure-next")
+            await pilot.click("#failure-retry")
+            await chat_once(app, pilot)
+    assert attempts == [model, model]
+    assert hub.requests_for("GET", "/lfs/") == []
+
+
+@pytest.mark.slow
 async def test_top_level_model_option_opens_the_app_with_that_file(
     huozi_home: Path, tiny_models: TinyModels
 ) -> None:

@@ -91,7 +91,7 @@ class LoadingScreen(RecoveringScreen):
         elif message.error == "cancelled":
             self.post_message(SetupRequested())
         else:
-            self.post_message(SetupRequested(message.error))
+            self.post_message(SetupRequested(message.error, failed=self.choice))
 
     def action_cancel(self) -> None:
         self.cancel_event.set()

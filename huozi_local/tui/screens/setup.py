@@ -39,8 +39,8 @@ from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
 from huozi_local.core.progress import Progress, Stage
 from huozi_local.tui.failures import RecoveringScreen
-from huozi_local.tui.messages import ModelDownloaded
-from huozi_local.tui.model_choice import choice_for
+from huozi_local.tui.messages import LoadRequested, ModelDownloaded
+from huozi_local.tui.model_choice import ModelChoice, choice_for
 from huozi_local.tui.options import AppOptions
 from huozi_local.tui.screens.setup_messages import (
     ModelOnDisk,
@@ -66,6 +66,10 @@ NEXT_STEPS = {
         "or use a .gguf file you already have (below)"
     ),
     "import": "下一步 Next: check the path and Retry, or download the model instead",
+    "load": (
+        "下一步 Next: Retry loading it (after freeing memory, or with fewer GPU layers in "
+        "Settings), download a model above, or use another .gguf file (below)"
+    ),
 }
 FAILURE_ACTIONS = [
     ("retry", "重试 Retry"),
@@ -86,7 +90,12 @@ class SetupScreen(RecoveringScreen):
     ]
 
     def __init__(
-        self, paths: Paths, settings: Settings, options: AppOptions, error: str = ""
+        self,
+        paths: Paths,
+        settings: Settings,
+        options: AppOptions,
+        error: str = "",
+        failed_load: ModelChoice | None = None,
     ) -> None:
         super().__init__()
         self.paths = paths
@@ -102,8 +111,10 @@ class SetupScreen(RecoveringScreen):
         self.probes_done = False
         self.start_pending = False
         self.stages_seen: list[Stage] = []
-        self.last_work = "download"
+        self.last_work = "download" if failed_load is None else "load"
         self.initial_error = error
+        self.failed_load = failed_load
+        """The model that would not load, which Retry loads again (None: the error is not that)."""
 
     def compose(self) -> ComposeResult:
         report = self.report
@@ -321,6 +332,9 @@ class SetupScreen(RecoveringScreen):
         panel = self.query_one(FailurePanel)
         panel.hide()
         if message.action == "retry":
+            if self.last_work == "load" and self.failed_load is not None:
+                self.post_message(LoadRequested(self.failed_load))
+                return
             self.retry_worker("import_file" if self.last_work == "import" else "download")
         elif message.action == "source":
             self.query_one(RadioSet).focus()

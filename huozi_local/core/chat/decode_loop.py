@@ -83,6 +83,7 @@ def decode_reply(
     ids: list[int] = []
     reason: StopReason = "length" if completed else "cancelled"
     sample = sampler_call(session)
+    cancelled = cancel.is_set if cancel is not None else lambda: False
     token = sample(sampler) if completed and budget > 0 else None
     first_token_at = time.perf_counter()
     while token is not None:
@@ -90,7 +91,7 @@ def decode_reply(
             reason = "stop"
             break
         ids.append(token)
-        more = len(ids) < budget and not (cancel is not None and cancel.is_set())
+        more = len(ids) < budget and not cancelled()
         queued_first = more and session.decode_returns_early
         if queued_first:  # a device computes the next logits while the caller has this token
             push_s = _timed_push(session, token)
@@ -101,8 +102,8 @@ def decode_reply(
         if stopped:
             reason = "stop"
             break
-        if not more or (cancel is not None and cancel.is_set()):
-            reason = "cancelled" if cancel is not None and cancel.is_set() else "length"
+        if not more or cancelled():
+            reason = "cancelled" if cancelled() else "length"
             break
         if not queued_first:
             push_s = _timed_push(session, token)

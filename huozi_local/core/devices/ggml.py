@@ -54,6 +54,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
         None,
     ),
     "ggml_set_abort_callback": ([ctypes.c_void_p], ctypes.c_void_p),
+    # llama.h, not wrapped by llama-cpp-python 0.3.36
+    "llama_attach_threadpool": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None),
 }
 ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 

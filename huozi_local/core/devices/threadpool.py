@@ -46,9 +46,9 @@ _FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 class CpuThreadpools:
     """The two threadpools attached to one context; `close` after the context is freed."""
 
-    def __init__(self, llama_lib: Any, ctx: Any, new: Any, free: Any) -> None:
-        self._lib = llama_lib
+    def __init__(self, ctx: Any, attach: Any, new: Any, free: Any) -> None:
         self._ctx = ctx
+        self._attach = attach
         self._new = new
         self._free = free
         self._pools: list[int] = []
@@ -57,22 +57,19 @@ class CpuThreadpools:
     def attach(cls, ctx: Any) -> CpuThreadpools | None:
         """Pools sized to the context's thread counts, attached; None when ggml has no API."""
         import llama_cpp
-        import llama_cpp.llama_cpp as bindings
 
         lib = ggml()
         try:
             reg = lib.function("ggml_backend_reg_by_name")(b"CPU")
             proc = lib.function("ggml_backend_reg_get_proc_address")
+            attach = lib.function("llama_attach_threadpool")
         except AttributeError:
             return None
         new = proc(reg, b"ggml_threadpool_new") if reg else None
         free = proc(reg, b"ggml_threadpool_free") if reg else None
-        attach = getattr(bindings._lib, "llama_attach_threadpool", None)
-        if not (new and free and attach):
+        if not (new and free):
             return None
-        attach.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        attach.restype = None
-        pools = cls(bindings._lib, ctx, _NEW(new), _FREE(free))
+        pools = cls(ctx, attach, _NEW(new), _FREE(free))
         if not pools.set_threads(
             int(llama_cpp.llama_n_threads(ctx)), int(llama_cpp.llama_n_threads_batch(ctx))
         ):
@@ -90,7 +87,7 @@ class CpuThreadpools:
                 self._free(pool)
             return False
         llama_cpp.llama_set_n_threads(self._ctx, n_threads, n_threads_batch)
-        self._lib.llama_attach_threadpool(self._ctx, made[0], made[1])
+        self._attach(self._ctx, made[0], made[1])
         self._release()  # the context no longer refers to the old pools
         self._pools = list(dict.fromkeys(made))
         return True

@@ -97,10 +97,12 @@ def llama_completion(
             capture_output=True, text=True, errors="replace", check=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     log = done.stderr
-    eval_ms, runs = re.search(
-        r"perf_print:\s+eval time =\s+([\d.]+) ms /\s+(\d+) runs", log
-    ).groups()  # type: ignore[union-attr]
-    sampling_ms = float(re.search(r"sampling time =\s+([\d.]+) ms", log).group(1))  # type: ignore[union-attr]
+    timing = re.search(r"perf_print:\s+eval time =\s+([\d.]+) ms /\s+(\d+) runs", log)
+    sampling = re.search(r"sampling time =\s+([\d.]+) ms", log)
+    if timing is None or sampling is None:
+        raise SystemExit(f"llama-completion printed no timings:\n{log[-2000:]}")
+    eval_ms, runs = timing.groups()
+    sampling_ms = float(sampling.group(1))
     decodes = int(runs)
     # n samples, n - 1 decodes; the engine's rate counts n - 1 of each, as here
     return decodes / ((float(eval_ms) + sampling_ms * decodes / n) / 1000)

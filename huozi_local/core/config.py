@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, Literal, cast
 
 from huozi_local.core import huozi
 from huozi_local.core.errors import HuoziError
@@ -90,6 +90,22 @@ def _shown(number: float) -> str:
 MIN_CONTEXT = 64
 MAX_CONTEXT = 2**32 - 1  # llama.cpp keeps n_ctx in a uint32_t: anything larger wraps around
 
+AUTO: Final = "auto"
+"""How config.toml (and the settings screen) say "let the planner decide"; None in Python."""
+ALL_LAYERS: Final = "all"
+"""Every layer and the output on the GPU, however many the model has (n_gpu_layers)."""
+GpuLayers = int | Literal["all"]
+"""A number of layers to put on the GPU, or ALL_LAYERS."""
+
+# Before "auto" existed these numbers meant "planned": config files written then still say so.
+_LEGACY_AUTO: dict[str, int] = {"n_ctx": 0, "n_gpu_layers": -1, "cpu_moe": -1}
+_AUTO_SETTINGS: dict[str, tuple[str, ...]] = {
+    "n_ctx": (AUTO,),
+    "n_gpu_layers": (AUTO, ALL_LAYERS),
+    "cpu_moe": (AUTO,),
+}
+"""Settings that may be left to the planner, and the words each accepts besides a number."""
+
 # Every numeric setting has one range, checked on load and in the settings screen alike; a value
 # outside it (or NaN) would otherwise reach the planner or the sampler (a max_context of 0 made
 # the planner loop forever).
@@ -99,9 +115,9 @@ BOUNDS: dict[str, _Bounds] = {
     "repeat_penalty": _Bounds(0.0, 10.0, low_exclusive=True),
     "max_tokens": _Bounds(1, MAX_CONTEXT),
     "max_context": _Bounds(MIN_CONTEXT, MAX_CONTEXT),
-    "n_ctx": _Bounds(MIN_CONTEXT, MAX_CONTEXT, allowed=(0,)),
-    "n_gpu_layers": _Bounds(0, 10_000, allowed=(-1,)),
-    "cpu_moe": _Bounds(0, 10_000, allowed=(-1,)),
+    "n_ctx": _Bounds(MIN_CONTEXT, MAX_CONTEXT),
+    "n_gpu_layers": _Bounds(0, 10_000),
+    "cpu_moe": _Bounds(0, 10_000),
     "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
 }
 
@@ -123,9 +139,12 @@ class Settings:
     repeat_penalty: float = huozi.DEFAULT_REPEAT_PENALTY
     max_tokens: int = huozi.DEFAULT_MAX_TOKENS
     max_context: int = 32768
-    n_ctx: int = 0
-    n_gpu_layers: int = -1
-    cpu_moe: int = -1  # MoE: layers whose experts stay in RAM; -1 = planned, 0 = none
+    n_ctx: int | None = None
+    """Context size; None ("auto"): the planner's."""
+    n_gpu_layers: GpuLayers | None = None
+    """Layers on the GPU (ALL_LAYERS: every one); None ("auto"): the planner's."""
+    cpu_moe: int | None = None
+    """MoE layers whose experts stay in RAM (0: none); None ("auto"): the planner's."""
     seed: int = -1
     download_source: str = ""
     """Where models download from: "hf", "mirror" or "modelscope"; "" until setup has probed."""
@@ -173,7 +192,7 @@ class Settings:
 
         self.validate()
         document = _existing_document(path)
-        values = {name: getattr(self, name) for name in _setting_fields()}
+        values = {name: _as_toml(getattr(self, name)) for name in _setting_fields()}
         for key, value in {**self.extra, **values}.items():
             if key not in document or document[key] != value:
                 document[key] = value
@@ -184,27 +203,37 @@ class Settings:
 
 
 def _setting_fields() -> dict[str, type]:
-    """Each persisted setting and the type its default has (the type the file must hold)."""
+    """Each persisted setting and the type of value the file must hold (a number for the
+    settings that may also say "auto")."""
     types: dict[str, type] = {}
     for item in fields(Settings):
         if item.name == "extra":
             continue
-        if item.default is not MISSING:
+        if item.name in _AUTO_SETTINGS:
+            types[item.name] = int
+        elif item.default is not MISSING:
             types[item.name] = type(item.default)
         elif item.default_factory is not MISSING:
             types[item.name] = type(item.default_factory())
     return types
 
 
+def _as_toml(value: Any) -> Any:
+    return AUTO if value is None else value
+
+
 def check_setting(name: str, value: Any) -> Any:
-    """`value` as setting `name` holds it (an int where a float belongs becomes a float), or a
-    HuoziError saying, in one line, what the key must be."""
+    """`value` as setting `name` holds it (an int where a float belongs becomes a float; "auto",
+    and the numbers that meant it before, become None), or a HuoziError saying, in one line,
+    what the key must be."""
+    if name in _AUTO_SETTINGS:
+        return _check_auto_setting(name, value)
     expected = _setting_fields()[name]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
         kinds: dict[type, str] = {dict: "a table", list: "a list"}
-        shown = kinds.get(type(value), repr(value))
+        shown = kinds.get(type(value)) or repr(value)
         raise HuoziError(
             f"'{name}' must be {_TYPE_NAMES.get(expected, expected.__name__)}, got {shown}"
         )
@@ -218,6 +247,21 @@ def check_setting(name: str, value: Any) -> Any:
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_auto_setting(name: str, value: Any) -> int | str | None:
+    words = _AUTO_SETTINGS[name]
+    if value is None or value == AUTO or (type(value) is int and value == _LEGACY_AUTO[name]):
+        return None
+    if isinstance(value, str) and value in words:
+        return value
+    bounds = BOUNDS[name]
+    if isinstance(value, int) and not isinstance(value, bool) and bounds.admits(value):
+        return value
+    accepted = " or ".join([*(f'"{w}"' for w in words), f"an integer {bounds.describe()}"])
+    kinds: dict[type, str] = {dict: "a table", list: "a list"}
+    shown = kinds.get(type(value)) or repr(value)
+    raise HuoziError(f"'{name}' must be {accepted}, got {shown}")
 
 
 def _existing_document(path: Path) -> Any:

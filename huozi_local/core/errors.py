@@ -1,8 +1,13 @@
 """Errors a user can act on.
 
 Every failure the user can fix (a missing file, a truncated download, a full disk, a malformed
-config) is raised as `HuoziError` with a message that fits on one line and says what to do. Front
-ends print that line and exit with status 2; anything else is a bug and may show a traceback.
+config) is raised as `HuoziError` with a message that fits on one line. Front ends print that line
+and exit with status 2; anything else is a bug and may show a traceback.
+
+The core says what is wrong; how to fix it depends on where the user is (a flag on the command
+line, a field in the app's settings). The errors whose fix differs between front ends have their
+own class here, and each front end words the fix for itself (`commands/_remedies.py`,
+`tui/remedies.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,38 @@ class GGUFError(HuoziError):
 
 class NotEnoughDisk(HuoziError):
     """The target folder cannot hold what is about to be written."""
+
+
+class WorkerLost(HuoziError):
+    """An RPC worker went away while the model was using it; the model must be reloaded."""
+
+
+class ContextTooSmall(HuoziError):
+    """The newest message alone does not fit the context the model was loaded with."""
+
+
+class PlanDoesNotFit(HuoziError):
+    """The plan needs more memory than the machine has; loading it would swap or be killed."""
+
+
+class LegacyLayout(HuoziError):
+    """The file stores its experts in the pre-2024 layout that llama.cpp no longer loads."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ModelNotDownloaded(HuoziError):
+    """The model named is not on this disk (`spec` is empty when no model is there at all)."""
+
+    def __init__(self, message: str, spec: str = "") -> None:
+        super().__init__(message)
+        self.spec = spec
+
+
+class SourceLacksModel(HuoziError):
+    """The chosen download source does not publish this model."""
 
 
 _NAME_LOOKUP_FAILURES = (

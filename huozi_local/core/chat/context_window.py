@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from huozi_local.core.chat.types import ChatMessage
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import ContextTooSmall
 
 # Below this many free tokens a reply is not worth starting.
 MIN_REPLY_TOKENS = 16
@@ -85,9 +85,9 @@ def fit_to_context(
             found = _search_first_fitting(0, kept_from - 2, prompt_from, budget)
             kept_from, tokens = found or (kept_from - 1, one_more)
     if len(tokens) + MIN_REPLY_TOKENS > n_ctx:
-        raise HuoziError(
+        raise ContextTooSmall(
             f"the last message is too long for the context window ({len(tokens)} prompt tokens, "
-            f"context {n_ctx}): shorten it or load the model with a larger --ctx"
+            f"context {n_ctx})"
         )
     kept = [*head, *[m for turn in turns[kept_from:] for m in turn]]
     dropped = sum(len(turn) for turn in turns[:kept_from])

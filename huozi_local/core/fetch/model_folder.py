@@ -29,7 +29,7 @@ from huozi_local.core.catalog import (
     quant_rank,
 )
 from huozi_local.core.config import Paths
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, ModelNotDownloaded
 
 
 def family_model_path(paths: Paths, family: str, quant: str) -> Path:
@@ -153,10 +153,7 @@ def resolve_local_model(text: str | None, paths: Paths, default: str = "") -> Re
             if imported:
                 path = imported[0]
                 return ResolvedModel(path, ModelSpec("path", path=path), None, None)
-            raise HuoziError(
-                "no model downloaded yet: run `huozi-local download`, or `huozi-local import "
-                "FILE` for a .gguf you already have (or pass --model PATH)"
-            )
+            raise ModelNotDownloaded("no model downloaded yet")
         best = preferred[0]
         spec = ModelSpec("family", family=best.family, quant=best.quant)
         return ResolvedModel(best.path, spec, best.family, best.quant)
@@ -170,7 +167,7 @@ def resolve_local_model(text: str | None, paths: Paths, default: str = "") -> Re
         assert spec.repo_id and spec.filename
         path = hf_model_path(paths, spec.repo_id, spec.filename)
         if not path.exists():
-            raise HuoziError(f"{chosen} is not downloaded: run `huozi-local download {chosen}`")
+            raise ModelNotDownloaded(f"{chosen} is not downloaded", chosen)
         return ResolvedModel(path, spec, None, None)
     assert spec.family is not None
     family = get_family(spec.family)
@@ -178,9 +175,9 @@ def resolve_local_model(text: str | None, paths: Paths, default: str = "") -> Re
         family.quant(spec.quant)  # an unknown quant is an error even when nothing is on disk
         path = family_model_path(paths, family.name, spec.quant)
         if not path.exists():
-            raise HuoziError(f"{chosen} is not downloaded: run `huozi-local download {chosen}`")
+            raise ModelNotDownloaded(f"{chosen} is not downloaded", chosen)
         return ResolvedModel(path, spec, family.name, spec.quant)
     for model in installed_models(paths):
         if model.family == family.name:
             return ResolvedModel(model.path, spec, model.family, model.quant)
-    raise HuoziError(f"{family.name} is not downloaded: run `huozi-local download {family.name}`")
+    raise ModelNotDownloaded(f"{family.name} is not downloaded", family.name)

@@ -39,6 +39,7 @@ from huozi_local.core.fetch.model_folder import (
     write_sidecar,
 )
 from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, quant_of, read_gguf
+from huozi_local.core.gguf.repair import needs_repair
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 from huozi_local.core.units import format_bytes
 
@@ -95,7 +96,7 @@ def import_model(
         )
     identity = identify(gguf)
     origin = _Origin(str(source.resolve()), source.stat())  # before a move takes it away
-    needs_repair = _needs_repair(gguf)
+    repair_needed = needs_repair(gguf)
     final = destination(paths, source, identity)
     earlier = _earlier_import(source, final, identity)
     if earlier is not None:
@@ -105,7 +106,7 @@ def import_model(
     _remove_stale(staging)
     method = ""
     try:
-        if needs_repair:
+        if repair_needed:
             sha, changes = _repair(gguf, staging, progress, cancel)
             identity = _confirm(identity, sha, paths)
             method = "repaired"
@@ -250,12 +251,6 @@ def _earlier_import(source: Path, final: Path, identity_now: Identity) -> Identi
     )
 
 
-def _needs_repair(gguf: GGUFFile) -> bool:
-    from huozi_local.core.gguf.repair import repair_plan
-
-    return gguf.layout == "legacy-split" or (gguf.is_huozi and bool(repair_plan(gguf)))
-
-
 def _remove_stale(staging: Path) -> None:
     for leftover in (staging, staging.with_name(staging.name + ".partial")):
         with contextlib.suppress(OSError):
@@ -273,9 +268,9 @@ def _repair(
     from huozi_local.core.gguf.repair import repair_gguf
 
     result = repair_gguf(gguf.path, staging, progress=progress, cancel=cancel)
-    if result.output is None:  # pragma: no cover - _needs_repair said there was work
+    if result.output is None:  # pragma: no cover - needs_repair said there was work
         raise HuoziError(f"{gguf.path}: nothing to repair")
-    _sync(staging)
+    disk.sync_to_disk(staging)
     return result.source_sha256, list(result.changes)
 
 
@@ -335,15 +330,6 @@ def copy_file(
         partial.unlink(missing_ok=True)
         raise
     reporter.update(size, force=True)
-
-
-def _sync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True)

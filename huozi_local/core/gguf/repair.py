@@ -145,6 +145,12 @@ def _metadata_fixes(gguf: GGUFFile) -> tuple[list[_MetadataFix], list[str]]:
     return fixes, lines
 
 
+def needs_repair(gguf: GGUFFile) -> bool:
+    """Does today's llama.cpp need this file repaired? A legacy split-expert file always does;
+    a merged huozi file when it still lacks the turn-ending metadata."""
+    return gguf.layout == "legacy-split" or (gguf.is_huozi and bool(repair_plan(gguf)))
+
+
 def repair_plan(gguf: GGUFFile) -> list[str]:
     """What `repair_gguf` would change, one human line each; empty means nothing to do."""
     groups = _expert_groups(gguf)

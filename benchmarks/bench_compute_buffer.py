@@ -83,7 +83,7 @@ def ratio_line(label: str, ratios: list[float]) -> str:
 
 def rpc_grid(path: Path, shape: ModelShape, contexts: list[int], placements: str) -> None:
     """Device compute buffer: the plan's breakdown against a dry run on an RPC device."""
-    from huozi_local.core.chat.loader import dry_run_buffers
+    from huozi_local.core.chat.loader import LoadOptions, dry_run_buffers
     from huozi_local.testing.rpc_worker import RpcWorker
 
     pairs = [tuple(int(x) for x in p.split(":")) for p in placements.split(",")]
@@ -96,17 +96,15 @@ def rpc_grid(path: Path, shape: ModelShape, contexts: list[int], placements: str
     below: list[float] = []
     with RpcWorker() as worker:
         for (ngl, moe), n_ctx, flash in itertools.product(pairs, contexts, (True, False)):
-            report = dry_run_buffers(
-                path,
+            options = LoadOptions(
                 n_ctx=n_ctx,
                 n_gpu_layers=ngl,
                 n_threads=1,
                 flash_attn=flash,
-                kv_cache_type="f16",
-                seed=None,
                 n_cpu_moe=moe,
-                rpc_servers=[worker.endpoint],
+                rpc_servers=(str(worker.endpoint),),
             )
+            report = dry_run_buffers(path, options)
             allocated = next(iter(report.offload_devices().values())).compute
             estimate = device_breakdown(
                 shape, n_gpu_layers=ngl, n_cpu_moe=moe, n_ctx=n_ctx, flash_attn=flash

@@ -47,6 +47,7 @@ from llama_bench_build import CACHE_ROOT, build_llama_bench, build_llama_tool, i
 
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.kv_session import KvSession
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.sampler_chain import PENALTY_LAST_N
 from huozi_local.core.chat.types import (
     ChatMessage,
@@ -133,7 +134,9 @@ class Contenders:
         self.n_tokens = n_tokens
         self.binary = binary
         self.completion = completion
-        self.engine = LlamaEngine.load(model, n_ctx=2048, n_threads=threads, flash_attn=False)
+        self.engine = LlamaEngine.load(
+            model, LoadOptions(n_ctx=2048, n_threads=threads, flash_attn=False)
+        )
         self.engine.set_threads(threads, threads)
         self.messages = [ChatMessage("user", QUESTION)]
         self.prompt = self.engine.prompt_tokens(self.messages)
@@ -309,7 +312,7 @@ def questions(path: Path | None) -> list[str]:
 
 
 def conversation(models: TinyModels, turns: int, asked: list[str]) -> None:
-    engine = LlamaEngine.load(models.get("merged", "q4_0", "chat"), n_ctx=4096)
+    engine = LlamaEngine.load(models.get("merged", "q4_0", "chat"), LoadOptions(n_ctx=4096))
     history: list[ChatMessage] = []
     results: list[ReplyResult] = []
     print(f"\n== conversation: {turns} turns, n_ctx {engine.n_ctx}")

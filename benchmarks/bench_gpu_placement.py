@@ -131,7 +131,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import llama_cpp
     from llama_cpp import _logger
 
-    from huozi_local.core.chat.loader import load_llama
+    from huozi_local.core.chat.loader import LoadOptions, load_llama
 
     log: list[str] = []
 
@@ -140,21 +140,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     callback = llama_cpp.llama_log_callback(collect)
     nvml = NvmlPeak()
-    extra = {"n_cpu_moe": spec["n_cpu_moe"]} if spec["n_cpu_moe"] else {}
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     try:
-        llm = load_llama(
-            Path(spec["model"]),
+        options = LoadOptions(
             n_ctx=spec["n_ctx"],
             n_gpu_layers=spec["n_gpu_layers"],
             n_threads=spec["threads"],
             flash_attn=spec["flash_attn"],
             kv_cache_type=spec["kv_cache_type"],
             seed=0,
-            progress=None,
-            cancel=None,
-            **extra,
+            n_cpu_moe=spec["n_cpu_moe"],
         )
+        llm = load_llama(Path(spec["model"]), options)
     finally:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     prompt = [1000 + (i * 7919) % 50000 for i in range(spec["prompt_tokens"])]

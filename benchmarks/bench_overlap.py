@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from huozi_local.core.chat.decode_loop import sampler_call  # noqa: E402
 from huozi_local.core.chat.engine import LlamaEngine  # noqa: E402
+from huozi_local.core.chat.loader import LoadOptions  # noqa: E402
 from huozi_local.core.chat.sampler_chain import SamplerChain  # noqa: E402
 from huozi_local.core.chat.types import (  # noqa: E402
     ChatMessage,
@@ -159,7 +160,7 @@ def async_device(model: Path, args: argparse.Namespace) -> None:
 
     with RpcWorker(threads=1) as worker:
         engine = LlamaEngine.load(
-            model, n_ctx=2048, n_gpu_layers=99, rpc_servers=[str(worker.endpoint)]
+            model, LoadOptions(n_ctx=2048, n_gpu_layers=99, rpc_servers=(str(worker.endpoint),))
         )
         try:
             contenders = Contenders(engine, args.tokens)
@@ -185,7 +186,7 @@ def async_device(model: Path, args: argparse.Namespace) -> None:
 
 def cpu(model: Path, args: argparse.Namespace) -> None:
     work_s = args.work_us / 1e6
-    engine = LlamaEngine.load(model, n_ctx=2048, n_threads=1)
+    engine = LlamaEngine.load(model, LoadOptions(n_ctx=2048, n_threads=1))
     caller = CallerThread(work_s)
     try:
         contenders = Contenders(engine, args.tokens)

@@ -38,13 +38,14 @@ import openai
 
 from huozi_local.core.chat.context_window import fit_to_context
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.remote_backend import RemoteBackend
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.testing.tiny_model import TinyModels
 
 
 def load(model: Path, ctx: int, threads: int) -> LlamaEngine:
-    return LlamaEngine.load(model, n_ctx=ctx, n_threads=threads, seed=1)
+    return LlamaEngine.load(model, LoadOptions(n_ctx=ctx, n_threads=threads, seed=1))
 
 
 def serve_child(model: Path, ctx: int, threads: int) -> int:

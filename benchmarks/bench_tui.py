@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.types import ChatMessage, ReplyEvent, SamplingOptions, collect_reply
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.store.conversations import ConversationStore
@@ -96,7 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     models_dir = os.environ.get("HUOZI_TINY_MODELS_DIR") or tempfile.mkdtemp(prefix="tiny-")
     model = TinyModels(Path(models_dir)).get("merged", "q4_0", rig="loop")
-    engine = LlamaEngine.load(model, n_ctx=2048, n_gpu_layers=0, system_prompt=None)
+    engine = LlamaEngine.load(model, LoadOptions(n_ctx=2048, n_gpu_layers=0))
     engine_alone(engine, 16)  # warm up: first-call allocations are not the comparison
     runs: dict[int, dict[str, list[float]]] = {
         n: {

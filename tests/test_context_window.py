@@ -16,6 +16,7 @@ from huozi_local.core.chat.context_window import (
     split_turns,
 )
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.types import ChatMessage
 from huozi_local.core.errors import HuoziError
 from huozi_local.testing.tiny_model import TinyModels
@@ -116,7 +117,9 @@ def test_trimming_3000_messages_tokenizes_each_message_a_few_times_not_once_per_
 
 @pytest.fixture(scope="module")
 def engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    loaded = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512, seed=1)
+    loaded = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", rig="chat"), LoadOptions(n_ctx=512, seed=1)
+    )
     yield loaded
     loaded.close()
 

@@ -301,6 +301,7 @@ def test_legacy_model_is_downloaded_repaired_and_chats(
     paths: Paths, tiny_models: TinyModels, keep_original: bool
 ) -> None:
     from huozi_local.core.chat.engine import LlamaEngine
+    from huozi_local.core.chat.loader import LoadOptions
     from huozi_local.core.chat.types import ChatMessage, collect_reply
     from huozi_local.testing.tiny_model import RIG_TEXT
 
@@ -334,7 +335,7 @@ def test_legacy_model_is_downloaded_repaired_and_chats(
         assert result.original_path == original and sha256_of(original) == result.sha256
 
     # The downloaded, repaired file chats through the engine every front end uses.
-    engine = LlamaEngine.load(final, n_ctx=256)
+    engine = LlamaEngine.load(final, LoadOptions(n_ctx=256))
     try:
         reply = collect_reply(engine.stream_reply([ChatMessage("user", "你好")]))
     finally:

@@ -10,8 +10,10 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
+from huozi_local.commands._remedies import cli_remedy
 from huozi_local.core import huozi
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.types import (
     ChatMessage,
     ContextTrimmed,
@@ -21,11 +23,12 @@ from huozi_local.core.chat.types import (
     TextDelta,
     collect_reply,
 )
-from huozi_local.core.errors import Cancelled, GGUFError, HuoziError
+from huozi_local.core.errors import Cancelled, GGUFError, HuoziError, LegacyLayout
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
 from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, copy_fields
+from huozi_local.tui.remedies import app_remedy
 
 U: Literal["user"] = "user"
 A: Literal["assistant"] = "assistant"
@@ -38,14 +41,14 @@ def run(engine: LlamaEngine, messages: list[ChatMessage], **kw: Any) -> list[Rep
 
 @pytest.fixture(scope="module")
 def chat_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "f32", "chat"), n_ctx=2048)
+    eng = LlamaEngine.load(tiny_models.get("merged", "f32", "chat"), LoadOptions(n_ctx=2048))
     yield eng
     eng.close()
 
 
 @pytest.fixture(scope="module")
 def loop_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), n_ctx=256)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), LoadOptions(n_ctx=256))
     yield eng
     eng.close()
 
@@ -188,7 +191,7 @@ def test_a_last_message_that_cannot_fit_is_one_line_error(loop_engine: LlamaEngi
 def test_each_turn_evaluates_only_what_was_added(
     tiny_models: TinyModels, conversations: tuple[Conversation, ...]
 ) -> None:
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), LoadOptions(n_ctx=2048))
     history: list[ChatMessage] = []
     previous: ReplyResult | None = None
     try:
@@ -245,7 +248,7 @@ HUOZI_PROMPT = "<|beginofutterance|>用户\n你好<|endofutterance|>\n<|beginofu
 
 @pytest.fixture(scope="module")
 def completion_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), LoadOptions(n_ctx=512))
     yield eng
     eng.close()
 
@@ -348,7 +351,7 @@ def test_a_repaired_control_typed_file_behaves_the_same(
     dst = tmp_path / "repaired.gguf"
     repair_gguf(src, dst)
     assert read_gguf(dst).token_type_name(huozi.END_OF_UTTERANCE_ID) == "control"
-    engine = LlamaEngine.load(dst, n_ctx=512)
+    engine = LlamaEngine.load(dst, LoadOptions(n_ctx=512))
     try:
         typed = [ChatMessage(U, "a<|endofutterance|>b<|beginofutterance|>")]
         plain = [ChatMessage(U, "x")]
@@ -379,7 +382,7 @@ def chatml_file(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_other_models_use_their_embedded_template_and_eog(chatml_file: Path) -> None:
-    engine = LlamaEngine.load(chatml_file, n_ctx=512, system_prompt=None)
+    engine = LlamaEngine.load(chatml_file, LoadOptions(n_ctx=512))
     try:
         assert not engine.is_huozi
         messages = [ChatMessage(U, "你好"), ChatMessage(A, "嗯"), ChatMessage(U, "再见")]
@@ -401,7 +404,7 @@ def test_other_models_use_their_embedded_template_and_eog(chatml_file: Path) -> 
 def test_load_reports_progress_and_can_be_cancelled(tiny_models: TinyModels) -> None:
     reports: list[Progress] = []
     engine = LlamaEngine.load(
-        tiny_models.get("merged", "q4_0", "none"), n_ctx=256, progress=reports.append
+        tiny_models.get("merged", "q4_0", "none"), LoadOptions(n_ctx=256), progress=reports.append
     )
     engine.close()
     assert reports and reports[-1].done == reports[-1].total
@@ -409,14 +412,20 @@ def test_load_reports_progress_and_can_be_cancelled(tiny_models: TinyModels) -> 
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=256, cancel=cancel)
+        LlamaEngine.load(
+            tiny_models.get("merged", "q4_0", "none"), LoadOptions(n_ctx=256), cancel=cancel
+        )
 
 
 def test_load_errors_are_one_line(tiny_models: TinyModels, tmp_path: Path) -> None:
     with pytest.raises(HuoziError, match="no such model file"):
         LlamaEngine.load(tmp_path / "missing.gguf")
-    with pytest.raises(HuoziError, match="huozi-local repair"):
-        LlamaEngine.load(tiny_models.get("split", "q4_0", "none"))
+    split = tiny_models.get("split", "q4_0", "none")
+    with pytest.raises(LegacyLayout, match="pre-2024 layout") as legacy:
+        LlamaEngine.load(split)
+    # the core says what is wrong; each front end says how to fix it in its own terms
+    assert cli_remedy(legacy.value) == f"run `huozi-local repair {split}`"
+    assert "import it in setup" in app_remedy(legacy.value)
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(tiny_models.get("merged", "q4_0", "none").read_bytes()[:5000])
     not_gguf = tmp_path / "notes.gguf"

@@ -15,7 +15,7 @@ import pytest
 from huozi_local.core import huozi
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.kv_session import KvSession
-from huozi_local.core.chat.loader import padded_n_ctx
+from huozi_local.core.chat.loader import LoadOptions, padded_n_ctx
 from huozi_local.core.chat.sampler_chain import PENALTY_LAST_N, SamplerChain, chain_seed
 from huozi_local.core.chat.types import (
     ChatMessage,
@@ -44,14 +44,14 @@ RANDOM = SamplingOptions(
 
 @pytest.fixture(scope="module")
 def chat_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), LoadOptions(n_ctx=2048))
     yield eng
     eng.close()
 
 
 @pytest.fixture(scope="module")
 def random_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=512)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), LoadOptions(n_ctx=512))
     yield eng
     eng.close()
 
@@ -146,8 +146,10 @@ def test_an_rpc_worker_is_measured_as_a_device_whose_decode_returns_early(
             """
             import json
             from huozi_local.core.chat.engine import LlamaEngine
+            from huozi_local.core.chat.loader import LoadOptions
             from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
-            engine = LlamaEngine.load(model, n_ctx=512, n_gpu_layers=99, rpc_servers=[endpoint])
+            options = LoadOptions(n_ctx=512, n_gpu_layers=99, rpc_servers=(endpoint,))
+            engine = LlamaEngine.load(model, options)
             result = collect_reply(engine.stream_reply(
                 [ChatMessage("user", "你好")], SamplingOptions(max_tokens=48)))
             session = engine._session
@@ -188,7 +190,7 @@ class CancelAfter(threading.Event):
 def test_a_long_prompt_is_evaluated_in_batches_and_cancels_between_them(
     tiny_models: TinyModels,
 ) -> None:
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), n_ctx=2048)
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "chat"), LoadOptions(n_ctx=2048))
     session = KvSession(engine.llama.ctx)  # a second view of the context; the engine sits idle
     try:
         assert session.n_batch == 512 and session.n_ctx == 2048
@@ -272,7 +274,9 @@ def test_a_reused_chain_starts_each_reply_as_new(random_engine: LlamaEngine) -> 
 
 
 def test_the_engine_seed_is_the_default_and_a_request_seed_wins(tiny_models: TinyModels) -> None:
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=512, seed=7)
+    engine = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", "none"), LoadOptions(n_ctx=512, seed=7)
+    )
     try:
         question = [ChatMessage("user", QUESTIONS[3])]
         default = reply_text(engine, question, RANDOM)
@@ -286,7 +290,7 @@ def test_the_engine_seed_is_the_default_and_a_request_seed_wins(tiny_models: Tin
 
 @pytest.fixture(scope="module")
 def loop_engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), n_ctx=512)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), LoadOptions(n_ctx=512))
     yield eng
     eng.close()
 
@@ -363,7 +367,9 @@ def test_any_context_size_works_at_the_size_llama_cpp_really_has(
     tiny_models: TinyModels, requested: int, real: int
 ) -> None:
     assert padded_n_ctx(requested) == real
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", "loop"), n_ctx=requested)
+    engine = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", "loop"), LoadOptions(n_ctx=requested)
+    )
     try:
         assert engine.n_ctx == real
         question = [ChatMessage("user", QUESTIONS[0])]
@@ -402,35 +408,24 @@ def test_ask_with_small_and_odd_context_sizes(tiny_models: TinyModels, huozi_hom
 def test_with_rpc_devices_every_decode_runs_under_the_loader_guard(
     tiny_models: TinyModels,
 ) -> None:
-    """A lost RPC worker must become WorkerLost: the loop decodes and samples via `_guarded`.
+    """A lost RPC worker must become WorkerLost: the loop decodes and samples via `guard`.
 
     The model runs on this CPU (a worker that is stopped stays registered with ggml for the
-    rest of the process, which would break the RPC tests after this one); `uses_rpc` and
-    `_guarded` are set the way the loader sets them for a model with RPC devices.
+    rest of the process, which would break the RPC tests after this one); `guard` is set to
+    the model's own `run_guarded`, as the loader sets it for a model with RPC devices.
     """
     from huozi_local.core.chat.loader import check_model_file, load_llama
 
     path = tiny_models.get("merged", "q4_0", "chat")
-    llm: Any = load_llama(
-        path,
-        n_ctx=512,
-        n_gpu_layers=0,
-        n_threads=None,
-        flash_attn=False,
-        kv_cache_type="f16",
-        seed=None,
-        progress=None,
-        cancel=None,
-    )
-    assert llm.uses_rpc is False
+    llm = load_llama(path, LoadOptions(n_ctx=512))
+    assert llm.guard is None  # no RPC device: calls go direct
     calls: list[int] = []
-    plain_guard = llm._guarded
 
     def counting_guard(call: Any, *args: Any) -> Any:
         calls.append(1)
-        return plain_guard(call, *args)
+        return llm.run_guarded(call, *args)
 
-    llm.uses_rpc, llm._guarded = True, counting_guard
+    llm.guard = counting_guard
     engine = LlamaEngine(llm, path, check_model_file(path))
     try:
         result = collect_reply(engine.stream_reply([ChatMessage("user", "你好")]))

@@ -18,14 +18,22 @@ CORE_MODULES = sorted(
     m.name for m in pkgutil.walk_packages([str(CORE_DIR)], prefix="huozi_local.core.")
 )
 
-# Data flows gguf -> planning -> fetch, and gguf -> chat; a layer never reaches up or sideways.
+# The basics at core's root (errors, progress, units, ...) import only each other. Above them
+# data flows gguf -> planning -> fetch, and gguf -> chat; a layer never reaches up or sideways.
 # devices (ggml's device registry and RPC) sits below planning and chat, which both use it.
+# loading (plan -> measured fit -> load) sits on top: it may use every layer but store, and only
+# the front ends import it.
+BASICS = {"catalog", "config", "disk", "errors", "huozi", "progress", "units"}
+LAYERS = {"devices", "gguf", "planning", "fetch", "chat", "store", "loading"}
 FORBIDDEN_LAYERS: dict[str, set[str]] = {
-    "devices": {"gguf", "planning", "fetch", "chat", "store"},
-    "gguf": {"planning", "fetch", "chat", "store"},
-    "planning": {"fetch", "chat", "store"},
-    "chat": {"planning", "fetch", "store"},
-    "store": {"planning", "fetch", "gguf"},
+    "basics": LAYERS,
+    "devices": {"gguf", "planning", "fetch", "chat", "store", "loading"},
+    "gguf": {"planning", "fetch", "chat", "store", "loading"},
+    "planning": {"fetch", "chat", "store", "loading"},
+    "chat": {"planning", "fetch", "store", "loading"},
+    "fetch": {"chat", "store", "loading"},
+    "store": {"planning", "fetch", "gguf", "loading"},
+    "loading": {"store"},
 }
 
 
@@ -156,18 +164,59 @@ def test_version_and_help_from_console_script() -> None:
     assert helped.returncode == 0 and "usage: huozi-local" in helped.stdout
 
 
+def _layer_of(path: Path) -> str:
+    """The layer a core file belongs to: its subpackage, or "basics" for a module at the root
+    (which must be one of the known basics: a new root module needs a place in the rules)."""
+    parts = path.relative_to(CORE_DIR).parts
+    if len(parts) > 1:
+        return parts[0]
+    stem = path.stem
+    assert stem in BASICS | {"__init__"}, f"core/{path.name}: not a known basic; give it a layer"
+    return "basics"
+
+
+def _target_layer(name: str) -> str:
+    """The layer an imported huozi_local.core.X[.Y] name lands in."""
+    target = name.split(".")[2]
+    return "basics" if target in BASICS else target
+
+
+def _violations(path: Path, source: str) -> list[str]:
+    layer = _layer_of(path)
+    module_name = "huozi_local." + ".".join(path.relative_to(CORE_DIR.parent).with_suffix("").parts)
+    forbidden = FORBIDDEN_LAYERS[layer]
+    return [
+        f"{path.relative_to(CORE_DIR)} ({layer}) imports {name}"
+        for name in sorted(_core_imports(source, module_name))
+        if _target_layer(name) in forbidden
+    ]
+
+
+def test_every_core_module_has_a_layer() -> None:
+    layers = {_layer_of(path) for path in CORE_DIR.rglob("*.py")}
+    assert layers <= set(FORBIDDEN_LAYERS)
+    assert {"basics", "loading"} <= layers
+
+
 def test_core_layers_import_only_downward() -> None:
     violations = []
     for path in sorted(CORE_DIR.rglob("*.py")):
-        layer = path.relative_to(CORE_DIR).parts[0]
-        module_name = "huozi_local." + ".".join(
-            path.relative_to(CORE_DIR.parent).with_suffix("").parts
-        )
-        for name in _core_imports(path.read_text(encoding="utf-8"), module_name):
-            target = name.split(".")[2]
-            if target in FORBIDDEN_LAYERS.get(layer, set()):
-                violations.append(f"{path.relative_to(CORE_DIR)} imports {name}")
+        violations += _violations(path, path.read_text(encoding="utf-8"))
     assert violations == []
+
+
+def test_layer_rule_covers_the_basics_at_cores_root() -> None:
+    """A basic that reached into a layer (disk.py importing the remote backend) went unseen."""
+    source = "from huozi_local.core.chat import remote_backend\n"
+    found = _violations(CORE_DIR / "disk.py", source)
+    assert "disk.py (basics) imports huozi_local.core.chat.remote_backend" in found
+    assert _violations(CORE_DIR / "disk.py", "from huozi_local.core import units\n") == []
+
+
+def test_layer_rule_keeps_the_loading_layer_on_top() -> None:
+    source = "def f() -> None:\n    from huozi_local.core.loading.load import plan_load\n"
+    assert _violations(CORE_DIR / "planning" / "planner.py", source) != []
+    assert _violations(CORE_DIR / "fetch" / "download.py", source) != []
 
 
 def test_layer_rule_sees_imports_inside_functions() -> None:

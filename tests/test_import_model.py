@@ -86,7 +86,7 @@ def test_legacy_file_is_repaired_in_registered_and_chats(
     # Registered: the default model, listed by `models`, and `ask` uses it without --model.
     assert Settings.load(paths.config_file).model == "huozi3:q4_0"
     assert resolve_local_model(None, paths).path == final
-    listed = {s.spec: s.state for s in model_states(paths, offline=True, with_fits=False)}
+    listed = {s.spec: s.state for s in model_states(paths, offline=True)}
     assert listed["huozi3:q4_0"] == "imported"
     code, out, err = run_cli(capsys, "ask", "你好", "--temp", "0", "--max-tokens", "16")
     assert code == 0, err
@@ -113,7 +113,7 @@ def test_the_official_file_is_recognised_by_its_sha256(
     assert "sha256 matches the official huozi3 q4_0" in result.identity.how
     assert read_sidecar(result.path)["state"] == "repaired"
     assert set(stages) == {"repair"}  # hashed during the repair's read, no separate pass
-    states = {s.spec: s.state for s in model_states(paths, offline=True, with_fits=False)}
+    states = {s.spec: s.state for s in model_states(paths, offline=True)}
     assert states["huozi3:q4_0"] == "repaired"
 
 
@@ -151,7 +151,7 @@ def test_a_file_of_another_model_keeps_its_name_and_becomes_usable(
     assert read_sidecar(final)["method"] == "moved"
     assert Settings.load(paths.config_file).model == str(final)
     assert "moved" in out
-    states = [s for s in model_states(paths, offline=True, with_fits=False) if s.path == final]
+    states = [s for s in model_states(paths, offline=True) if s.path == final]
     assert [(s.family, s.state) for s in states] == [("imported", "imported")]
     Settings().save(paths.config_file)  # forget the default: discovery alone still finds it
     assert resolve_local_model(None, paths).path == final

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from huozi_local.core.measured_fit import needs_fit
+from huozi_local.core.loading.fit import needs_fit
 from huozi_local.core.planning.hardware import GPU, Machine
+from huozi_local.core.planning.memory_model import ModelShape
+from huozi_local.core.planning.plan_model import evaluate_plan
 from huozi_local.testing.real_shape import RealShape, write_real_shape_gguf
 from huozi_local.testing.rpc_worker import RpcWorker, in_child
 
@@ -24,20 +26,21 @@ MiB = 1024**2
 FIT = """
 import json
 from dataclasses import replace
-from pathlib import Path
 from huozi_local.core.devices import ggml
 from huozi_local.core.devices.endpoints import parse_endpoint
-from huozi_local.core.measured_fit import measured_fit
+from huozi_local.core.gguf.header import read_gguf
+from huozi_local.core.loading.fit import measured_fit
 from huozi_local.core.planning.hardware import GPU, Machine
+from huozi_local.core.planning.planner import plan_for_file
 
 ggml.add_rpc_servers([parse_endpoint(endpoint)])
 cpu = Machine.synthetic("cpu", 0, 64 * 1024**3)
 worker_gpu = GPU(0, "RPC worker", "rpc", vram, vram)
 machine = replace(cpu, gpus=(worker_gpu,))
-asked = {"n_ctx": 2048, "n_gpu_layers": 3, "n_cpu_moe": n_cpu_moe, "flash_attn": True,
-         "kv_cache_type": "f16", "n_threads": 1}
-kwargs, fit = measured_fit(Path(model), machine, asked)
-print(json.dumps({"kwargs": kwargs, "fit": fit.to_dict(), "summary": fit.summary()}))
+gguf = read_gguf(model)
+asked = plan_for_file(gguf, machine, n_ctx=2048, n_gpu_layers=3, n_cpu_moe=n_cpu_moe)
+plan = measured_fit(gguf, machine, asked)
+print(json.dumps({"plan": plan.to_dict(), "summary": plan.reason("measured_fit")}))
 """
 
 
@@ -54,22 +57,33 @@ def real_shape_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_only_loads_that_offload_are_fitted() -> None:
+def test_only_loads_that_offload_are_fitted(real_shape_slice: Path) -> None:
+    from huozi_local.core.gguf.header import read_gguf
+
+    shape = ModelShape.from_gguf(read_gguf(real_shape_slice))
     cpu = Machine.synthetic("cpu", 0, 64 * GiB)
     cuda = Machine.synthetic("cuda", 12 * GiB, 64 * GiB)
-    assert not needs_fit(cpu, {"n_gpu_layers": 33})
-    assert not needs_fit(cuda, {"n_gpu_layers": 0})
-    assert needs_fit(cuda, {"n_gpu_layers": 5}) and needs_fit(cuda, {"n_gpu_layers": -1})
     rpc_only = replace(cpu, gpus=(GPU(0, "worker", "rpc", GiB, GiB),))
-    assert rpc_only.planning_backend == "rpc" and needs_fit(rpc_only, {"n_gpu_layers": 3})
+
+    def asks(machine: Machine, n_gpu_layers: int) -> bool:
+        plan = evaluate_plan(shape, machine, n_gpu_layers=n_gpu_layers, n_ctx=2048)
+        return needs_fit(machine, plan)
+
+    assert not asks(cpu, 3)
+    assert not asks(cuda, 0)
+    assert asks(cuda, 2) and asks(cuda, 3)
+    assert rpc_only.planning_backend == "rpc" and asks(rpc_only, 3)
 
 
 def test_a_placement_that_fits_is_kept_with_llamas_compute_buffers(real_shape_slice: Path) -> None:
     with RpcWorker() as worker:
         found = _fit_in_child(real_shape_slice, worker, vram=4 * GiB, n_cpu_moe=2)
-    fit = found["fit"]
-    assert not fit["adjusted"] and fit["fits"]
-    assert found["kwargs"]["n_gpu_layers"] == 3 and found["kwargs"]["n_cpu_moe"] == 2
+    plan = found["plan"]
+    fit = plan["measured_fit"]
+    assert not fit["adjusted"] and fit["fits"] and plan["fits"]
+    assert plan["n_gpu_layers"] == 3 and plan["n_cpu_moe"] == 2
+    # the plan carries llama.cpp's figure, not the estimate
+    assert plan["breakdown"]["gpu"]["compute"] == fit["measured_compute"]
     assert fit["measured_compute"] == fit["dry_run_buffers"]["RPC0"]["compute"] > 100 * MiB
     assert fit["dry_run_buffers"]["RPC0"]["weights"] == 0  # nothing was loaded or allocated
     assert fit["gpu_bytes"] <= fit["budget"]
@@ -81,8 +95,12 @@ def test_a_placement_over_the_budget_moves_experts_to_ram_until_it_fits(
     # 1 GiB minus the 512 MiB headroom: both layers' experts (1.6 GB) cannot stay on the device.
     with RpcWorker() as worker:
         found = _fit_in_child(real_shape_slice, worker, vram=1 * GiB, n_cpu_moe=0)
-    fit, kwargs = found["fit"], found["kwargs"]
-    assert fit["adjusted"] and fit["fits"]
-    assert kwargs["n_gpu_layers"] == 3 and kwargs["n_cpu_moe"] == 2  # every layer still there
-    assert fit["gpu_bytes"] <= fit["budget"] == 512 * MiB
+    plan = found["plan"]
+    fit = plan["measured_fit"]
+    assert fit["adjusted"] and fit["fits"] and plan["fits"]
+    assert (fit["planned_n_gpu_layers"], fit["planned_n_cpu_moe"]) == (3, 0)
+    assert plan["n_gpu_layers"] == 3 and plan["n_cpu_moe"] == 2  # every layer still there
+    assert plan["vram_bytes"] == fit["gpu_bytes"] <= fit["budget"] == 512 * MiB
     assert "placement adjusted to n_gpu_layers 3, n_cpu_moe 2" in found["summary"]
+    # the whole plan was evaluated again at the new placement, not patched
+    assert any("experts of layers 0-1 in RAM" in line for line in plan["reasons"])

@@ -15,6 +15,7 @@ from hub_server import closed_port_url, running_hub
 from huozi_local.cli import main
 from huozi_local.core.catalog import get_family, parse_model_spec
 from huozi_local.core.config import Paths
+from huozi_local.core.errors import HuoziError
 from huozi_local.core.fetch.download import download_model
 from huozi_local.core.fetch.hub import RemoteFile, RepoListing
 from huozi_local.core.fetch.model_folder import family_model_path, partial_download_path
@@ -119,9 +120,12 @@ def test_no_quant_means_the_planners_choice_for_this_machine(
         0.0,
     )
     expected = choose_plan(family_with_listing(family, listing), machine).quant
-    target = resolve_target(parse_model_spec("huozi3"), paths, "hf", listing)
+    target = resolve_target(parse_model_spec("huozi3"), paths, "hf", listing, machine)
     assert target.quant == expected
     assert target.final_path == family_model_path(paths, "huozi3", str(expected))
+    # The caller owns the machine: without one there is no choice to make, and it says so.
+    with pytest.raises(HuoziError, match="which quant of huozi3"):
+        resolve_target(parse_model_spec("huozi3"), paths, "hf", listing)
 
 
 def test_download_with_no_model_offline_names_the_planners_file(

@@ -17,6 +17,7 @@ from huozi_local.core.planning.memory_model import (
     device_breakdown,
     kv_cache_bytes,
 )
+from huozi_local.core.planning.plan_model import Plan
 from huozi_local.core.planning.planner import best_plan_for_shape, evaluate_plan
 from huozi_local.testing.tiny_model import TinyModels
 
@@ -165,31 +166,42 @@ def test_the_cpu_moe_setting_is_used_unless_the_command_line_says_otherwise(
     tiny_models: TinyModels,
 ) -> None:
     from huozi_local.core.config import Settings
-    from huozi_local.core.planning.planner import plan_for_settings
+    from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs
+    from huozi_local.core.loading.load import plan_load
+    from huozi_local.core.loading.model_file import model_file_at
 
-    path = tiny_models.get("merged", "f32")
+    model = model_file_at(tiny_models.get("merged", "f32"), label="tiny", quant="", spec="")
     machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
-    assert plan_for_settings(path, machine, Settings()).n_cpu_moe == 0  # everything fits
+
+    def plan(settings: Settings, overrides: LoadOverrides | None = None) -> Plan:
+        return plan_load(model, machine, PlanInputs.of(settings, overrides)).plan
+
+    assert plan(Settings()).n_cpu_moe == 0  # everything fits
     saved = Settings(cpu_moe=3)
-    assert plan_for_settings(path, machine, saved).n_cpu_moe == 3
-    assert plan_for_settings(path, machine, saved, n_cpu_moe=1).n_cpu_moe == 1
-    assert plan_for_settings(path, machine, saved).n_gpu_layers == 5  # all 4 layers + output
+    assert plan(saved).n_cpu_moe == 3
+    assert plan(saved, LoadOverrides(n_cpu_moe=1)).n_cpu_moe == 1
+    assert plan(saved).n_gpu_layers == 5  # all 4 layers + output
 
 
 def test_the_plans_n_cpu_moe_reaches_the_engine(tiny_models: TinyModels) -> None:
-    """What the planner chose is what the engine is loaded with (CLI and app use load_kwargs)."""
+    """What the planner chose is what the engine is loaded with (every front end loads through
+    core.loading, which tells the loader the plan's placement)."""
     from huozi_local.core.chat.engine import LlamaEngine
     from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions, TextDelta
     from huozi_local.core.config import Settings
-    from huozi_local.core.planning.planner import plan_for_settings
+    from huozi_local.core.loading.fit import load_options
+    from huozi_local.core.loading.inputs import PlanInputs
+    from huozi_local.core.loading.load import plan_load
+    from huozi_local.core.loading.model_file import model_file_at
     from huozi_local.testing.tiny_model import RIG_TEXT
 
     path = tiny_models.get("merged", "f32", "chat")
+    model = model_file_at(path, label="tiny", quant="", spec="")
     machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
-    plan = plan_for_settings(path, machine, Settings(n_ctx=512, cpu_moe=3))
-    kwargs = plan.load_kwargs()
-    assert kwargs["n_cpu_moe"] == plan.n_cpu_moe == 3
-    engine = LlamaEngine.load(path, **kwargs)
+    plan = plan_load(model, machine, PlanInputs.of(Settings(n_ctx=512, cpu_moe=3))).plan
+    options = load_options(plan)
+    assert options.n_cpu_moe == plan.n_cpu_moe == 3
+    engine = LlamaEngine.load(model.gguf, options)
     try:
         events = list(
             engine.stream_reply(

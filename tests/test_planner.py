@@ -23,6 +23,7 @@ from huozi_local.core.planning.memory_model import (
     parse_size,
 )
 from huozi_local.core.planning.planner import (
+    Plan,
     choose_plan,
     evaluate_plan,
     memory_budget,
@@ -148,14 +149,6 @@ def test_evaluate_plan_is_the_given_configuration() -> None:
     gpu = Machine.synthetic("cuda", 12 * GiB, 64 * GiB)
     plan = evaluate_plan(shape, gpu, n_gpu_layers=17, n_ctx=4096, quant="q2_k")
     assert (plan.n_gpu_layers, plan.n_ctx, plan.gpu_repeating_layers) == (17, 4096, 16)
-    assert set(plan.load_kwargs()) == {
-        "n_ctx",
-        "n_gpu_layers",
-        "n_threads",
-        "flash_attn",
-        "kv_cache_type",
-        "n_cpu_moe",
-    }
     cpu = Machine.synthetic("cpu", 0, 64 * GiB)
     assert evaluate_plan(shape, cpu, n_gpu_layers=20, n_ctx=2048).n_gpu_layers == 0
     no_fa = evaluate_plan(
@@ -236,18 +229,26 @@ def test_plan_command_bad_input_is_one_line(
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_plan_for_settings_explicit_then_settings_then_planner(tiny_models: TinyModels) -> None:
-    """One rule for every front end: explicit values win, then the settings (0 / -1 = planned)."""
-    from huozi_local.core.config import Settings
-    from huozi_local.core.planning.planner import plan_for_settings
+def test_plan_inputs_explicit_then_settings_then_planner(tiny_models: TinyModels) -> None:
+    """One rule for every front end: this run's overrides win, then the settings ("auto" and
+    the old 0 / -1: planned), then the planner."""
+    from huozi_local.core.config import ALL_LAYERS, Settings
+    from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs
+    from huozi_local.core.loading.load import plan_load
+    from huozi_local.core.loading.model_file import model_file_at
 
     path = tiny_models.get("merged", "q4_0")
+    model = model_file_at(path, label="tiny", quant="", spec="")
     machine = Machine.synthetic("cuda", 24 * GiB, 64 * GiB)
-    planned = plan_for_settings(path, machine, Settings())
+
+    def plan(settings: Settings, overrides: LoadOverrides | None = None) -> Plan:
+        return plan_load(model, machine, PlanInputs.of(settings, overrides)).plan
+
+    planned = plan(Settings())
     assert planned == plan_for_file(path, machine)
     saved = Settings(n_ctx=1024, n_gpu_layers=2)
-    from_settings = plan_for_settings(path, machine, saved)
+    from_settings = plan(saved)
     assert (from_settings.n_ctx, from_settings.n_gpu_layers) == (1024, 2)
-    explicit = plan_for_settings(path, machine, saved, n_ctx=512, n_gpu_layers=-1)
+    explicit = plan(saved, LoadOverrides(n_ctx=512, n_gpu_layers=ALL_LAYERS))
     assert (explicit.n_ctx, explicit.n_gpu_layers) == (512, read_gguf(path).n_layers + 1)
     assert planned.n_threads == from_settings.n_threads == explicit.n_threads

@@ -12,6 +12,7 @@ import pytest
 from api_server import GREEDY, RunningServer, running_server
 
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.remote_backend import RemoteBackend, parse_endpoint
 from huozi_local.core.chat.types import (
     ChatBackend,
@@ -29,14 +30,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def chat_engine(tiny_models) -> Iterator[LlamaEngine]:  # type: ignore[no-untyped-def]
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512)
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), LoadOptions(n_ctx=512))
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
 def loop_engine(tiny_models) -> Iterator[LlamaEngine]:  # type: ignore[no-untyped-def]
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="loop"), n_ctx=1024)
+    engine = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", rig="loop"), LoadOptions(n_ctx=1024)
+    )
     yield engine
     engine.close()
 
@@ -76,13 +79,14 @@ def test_streams_a_reply_with_usage_and_history(chat_server: RunningServer) -> N
     assert chat_server.backend.conversations[-1] == history
 
 
-def test_system_prompt_is_sent_when_the_conversation_has_none(chat_server: RunningServer) -> None:
-    remote = RemoteBackend(chat_server.url, system_prompt="你是一个智能助手")
+def test_the_remote_backend_sends_exactly_the_conversation_it_is_given(
+    chat_server: RunningServer,
+) -> None:
+    """The conversation owns the system prompt: the backend adds none of its own (it used to add
+    the one it was started with, so the app kept sending a prompt the user had removed)."""
+    remote = RemoteBackend(chat_server.url)
     collect_reply(remote.stream_reply([ChatMessage("user", "hi")], GREEDY))
-    assert chat_server.backend.conversations[-1] == [
-        ChatMessage("system", "你是一个智能助手"),
-        ChatMessage("user", "hi"),
-    ]
+    assert chat_server.backend.conversations[-1] == [ChatMessage("user", "hi")]
     collect_reply(
         remote.stream_reply([ChatMessage("system", "mine"), ChatMessage("user", "hi")], GREEDY)
     )

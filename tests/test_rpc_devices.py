@@ -35,16 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LOAD = """
 import json
 from pathlib import Path
-from huozi_local.core.chat.loader import dry_run_buffers, load_llama
+from huozi_local.core.chat.loader import LoadOptions, dry_run_buffers, load_llama
 from huozi_local.core.devices.buffers import capture_llama_log, parse_buffers
 
-def load_kwargs(n_cpu_moe):
-    return dict(n_ctx=512, n_gpu_layers=99, n_threads=1, seed=1, rpc_servers=[endpoint],
-                n_cpu_moe=n_cpu_moe)
+def load_options(n_cpu_moe):
+    return LoadOptions(n_ctx=512, n_gpu_layers=99, n_threads=1, seed=1, rpc_servers=(endpoint,),
+                       n_cpu_moe=n_cpu_moe)
 
 def real_load(n_cpu_moe, prompt=None):
     with capture_llama_log() as chunks:
-        llm = load_llama(Path(model), **load_kwargs(n_cpu_moe))
+        llm = load_llama(Path(model), load_options(n_cpu_moe))
     text = None
     if prompt:
         text = llm.create_completion(prompt, max_tokens=6, temperature=0)["choices"][0]["text"]
@@ -156,7 +156,7 @@ def test_dry_run_predicts_the_compute_buffers_of_the_real_load(
         LOAD
         + textwrap.dedent(
             """
-        dry = dry_run_buffers(Path(model), **load_kwargs(2))
+        dry = dry_run_buffers(Path(model), load_options(2))
         real, _ = real_load(2)
         print(json.dumps({"dry": {k: d.to_dict() for k, d in dry.devices.items()}, "real": real}))
         """

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.testing.tiny_model import TinyModels
 
@@ -16,7 +17,7 @@ HOT = SamplingOptions(temperature=1.5, top_p=1.0, max_tokens=24)
 def test_a_seeded_request_does_not_fix_the_seed_of_later_unseeded_ones(
     tiny_models: TinyModels,
 ) -> None:
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0"), n_ctx=256)
+    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0"), LoadOptions(n_ctx=256))
     try:
 
         def reply(sampling: SamplingOptions) -> str:

@@ -13,6 +13,7 @@ import pytest
 from api_server import RunningServer, running_server
 
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.server.app import _engine_error
 from huozi_local.server.guard import HostPolicy
 from huozi_local.server.schemas import MAX_MESSAGES
@@ -25,7 +26,9 @@ ALLOWED_ORIGIN = "http://localhost:3000"
 
 @pytest.fixture(scope="module")
 def engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    loaded = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512, seed=1)
+    loaded = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", rig="chat"), LoadOptions(n_ctx=512, seed=1)
+    )
     yield loaded
     loaded.close()
 

@@ -10,6 +10,7 @@ import pytest
 from huozi_local.core import huozi
 from huozi_local.core.chat.detokenize import StopText, Utf8Stream
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.template import (
     RawText,
     Reply,
@@ -32,14 +33,14 @@ S: Literal["system"] = "system"
 
 @pytest.fixture(scope="module")
 def engine(tiny_models: TinyModels) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), n_ctx=1024)
+    eng = LlamaEngine.load(tiny_models.get("merged", "q4_0", "none"), LoadOptions(n_ctx=1024))
     yield eng
     eng.close()
 
 
 def reference_tokens(engine: LlamaEngine, messages: list[ChatMessage]) -> list[int]:
     """The training template rendered the HF way, tokenized by llama.cpp with special=True."""
-    text = render_training_template(with_system_prompt(messages, engine.system_prompt))
+    text = render_training_template(messages)
     ids: list[int] = engine.llama.tokenize(text.encode(), add_bos=True, special=True)
     return ids
 
@@ -137,7 +138,7 @@ def test_typed_special_strings_never_become_special_tokens(engine: LlamaEngine, 
     assert ids.count(huozi.END_OF_UTTERANCE_ID) == template_only.count(huozi.END_OF_UTTERANCE_ID)
     assert ids.count(huozi.BOS_ID) == 1 and ids.count(huozi.EOS_ID) == 0
     # the user's characters survive as ordinary pieces, between the template's own tokens
-    begin = [i for i, t in enumerate(ids) if t == huozi.BEGIN_OF_UTTERANCE_ID][1]
+    begin = [i for i, t in enumerate(ids) if t == huozi.BEGIN_OF_UTTERANCE_ID][-2]
     end = ids.index(huozi.END_OF_UTTERANCE_ID, begin)
     text = engine.llama.detokenize(ids[begin + 1 : end]).decode("utf-8")
     assert text == f" 用户\n{typed}"  # llama.cpp's space prefix after a special token

@@ -40,7 +40,7 @@ class PlacementCase:
 
 def measure(model: Path, endpoint: str, case: PlacementCase) -> dict[str, Any]:
     """One placement: estimate, dry-run fit and llama.cpp's allocation on the RPC device."""
-    from huozi_local.core.chat.loader import dry_run_buffers, load_llama
+    from huozi_local.core.chat.loader import LoadOptions, dry_run_buffers, load_llama
     from huozi_local.core.devices.buffers import capture_llama_log, parse_buffers
     from huozi_local.core.gguf.header import read_gguf
     from huozi_local.core.planning.memory_model import ModelShape, device_breakdown
@@ -54,17 +54,17 @@ def measure(model: Path, endpoint: str, case: PlacementCase) -> dict[str, Any]:
         backend="rpc",
         flash_attn=case.flash_attn,
     )
-    kwargs: dict[str, Any] = {
-        "n_ctx": case.n_ctx,
-        "n_gpu_layers": case.n_gpu_layers,
-        "n_cpu_moe": case.n_cpu_moe,
-        "flash_attn": case.flash_attn,
-        "n_threads": 1,
-        "rpc_servers": [endpoint],
-    }
-    dry = dry_run_buffers(model, **kwargs).device("RPC0")
+    options = LoadOptions(
+        n_ctx=case.n_ctx,
+        n_gpu_layers=case.n_gpu_layers,
+        n_cpu_moe=case.n_cpu_moe,
+        flash_attn=case.flash_attn,
+        n_threads=1,
+        rpc_servers=(endpoint,),
+    )
+    dry = dry_run_buffers(model, options).device("RPC0")
     with capture_llama_log() as chunks:
-        llm = load_llama(model, **kwargs)
+        llm = load_llama(model, options)
     llm.close()
     real = parse_buffers("".join(chunks)).device("RPC0")
     fitted = estimate.weights + estimate.kv + dry.compute

@@ -28,14 +28,13 @@ from huozi_local.core import huozi
 from huozi_local.core.chat.context_window import fit_to_context
 from huozi_local.core.chat.decode_loop import decode_reply
 from huozi_local.core.chat.kv_session import KvSession
-from huozi_local.core.chat.loader import check_model_file, load_llama
+from huozi_local.core.chat.loader import LoadOptions, check_model_file, load_llama
 from huozi_local.core.chat.safe_tokenizer import SafeTokenizer
 from huozi_local.core.chat.sampler_chain import ReusedChain
 from huozi_local.core.chat.template import (
     Segment,
     huozi_segments,
     render_jinja_segments,
-    with_system_prompt,
 )
 from huozi_local.core.chat.types import (
     ChatMessage,
@@ -49,7 +48,7 @@ from huozi_local.core.gguf.header import GGUFFile
 from huozi_local.core.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama
+    from huozi_local.core.chat.llama_model import HuoziLlama
 
 REPLY_CACHE_SIZE = 256
 _ORDINARY_ATTRS = (1 << 0) | (1 << 2) | (1 << 5)  # LLAMA_TOKEN_ATTR_UNKNOWN | NORMAL | BYTE
@@ -57,27 +56,29 @@ _SPECIAL_ATTRS = (1 << 3) | (1 << 4)  # CONTROL | USER_DEFINED: what llama.cpp m
 
 
 class LlamaEngine:
-    """A GGUF model loaded through llama-cpp-python, speaking the huozi format or its own."""
+    """A GGUF model loaded through llama-cpp-python, speaking the huozi format or its own.
+
+    The engine answers exactly the messages it is given: a system message is the caller's to
+    include (the conversation owns it, whichever backend answers).
+    """
 
     def __init__(
         self,
-        llm: Llama,
+        llm: HuoziLlama,
         path: Path,
         gguf: GGUFFile,
         *,
-        system_prompt: str | None = huozi.DEFAULT_SYSTEM_PROMPT,
         seed: int | None = None,
     ) -> None:
         self._llm = llm
         self._path = path
         self._gguf = gguf
         self._is_huozi = gguf.is_huozi
-        self.system_prompt = system_prompt
         self._seed = seed
         self._lock = threading.Lock()
         self._replies: OrderedDict[str, list[int]] = OrderedDict()
         self._pieces: dict[int, bytes] = {}
-        self._vocab = llm._model.vocab
+        self._vocab = llm.vocab
         n_vocab = llm.n_vocab()
         attrs = [int(_attr(self._vocab, i)) for i in range(n_vocab)]
         unsafe = frozenset(i for i, a in enumerate(attrs) if not a & _ORDINARY_ATTRS)
@@ -104,50 +105,32 @@ class LlamaEngine:
         self._stop_ids = frozenset(stops)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._bos_id = llm.token_bos()
-        rpc_guard = llm._guarded if getattr(llm, "uses_rpc", False) else None
-        self._session = KvSession(llm.ctx, rpc_guard)
+        self._session = KvSession(llm.context, llm.guard)
         self._chains = ReusedChain(n_vocab)
-        self._threadpools = CpuThreadpools.attach(llm.ctx)
+        self._threadpools = CpuThreadpools.attach(llm.context)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        model: str | Path | GGUFFile,
+        options: LoadOptions | None = None,
         *,
-        n_ctx: int = 2048,
-        n_gpu_layers: int = 0,
-        n_threads: int | None = None,
-        flash_attn: bool = False,
-        kv_cache_type: str = "f16",
-        seed: int | None = None,
-        system_prompt: str | None = huozi.DEFAULT_SYSTEM_PROMPT,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-        n_cpu_moe: int = 0,
-        rpc_servers: Sequence[str] = (),
     ) -> LlamaEngine:
         """Check the file's header, then load it (HuoziError in one line when it cannot be).
 
-        `n_cpu_moe` keeps the expert tensors of the first N layers in CPU memory;
-        `rpc_servers` ("HOST:PORT") adds those `huozi-local worker`s' devices to this machine's.
+        `model`: a path, or the header a caller already read (a load parses the file once).
         """
-        model_path = Path(path).expanduser()
-        gguf = check_model_file(model_path)
-        llm = load_llama(
-            model_path,
-            n_ctx=n_ctx,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=n_threads,
-            flash_attn=flash_attn,
-            kv_cache_type=kv_cache_type,
-            seed=seed,
-            progress=progress,
-            cancel=cancel,
-            n_cpu_moe=n_cpu_moe,
-            rpc_servers=rpc_servers,
-        )
-        return cls(llm, model_path, gguf, system_prompt=system_prompt, seed=seed)
+        options = options or LoadOptions()
+        if isinstance(model, GGUFFile):
+            model_path, gguf = model.path, check_model_file(model.path, model)
+        else:
+            model_path = Path(model).expanduser()
+            gguf = check_model_file(model_path)
+        llm = load_llama(model_path, options, progress=progress, cancel=cancel)
+        return cls(llm, model_path, gguf, seed=options.seed)
 
     def close(self) -> None:
         with self._lock:
@@ -195,7 +178,7 @@ class LlamaEngine:
         return self._path
 
     @property
-    def llama(self) -> Llama:
+    def llama(self) -> HuoziLlama:
         """The underlying llama-cpp-python object (benchmarks and diagnostics).
 
         Its tokenizer is safe to use. Its own `generate`/`eval` rewrite the KV cache behind the
@@ -209,8 +192,8 @@ class LlamaEngine:
 
     # -- prompts --------------------------------------------------------------------------
     def segments(self, messages: Sequence[ChatMessage]) -> list[Segment]:
-        """The prompt of `messages` (with the default system message added when none)."""
-        full = with_system_prompt(messages, self.system_prompt)
+        """The prompt of `messages`, in the model's format."""
+        full = list(messages)
         if self._is_huozi:
             return huozi_segments(full)
         template = self._gguf.chat_template

@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from huozi_local.core import huozi
-from huozi_local.core.chat.template import with_system_prompt
 from huozi_local.core.chat.types import (
     HUOZI_ROLE_NAMES,
     ChatMessage,
@@ -69,7 +68,11 @@ def parse_endpoint(url: str) -> _Endpoint:
 
 
 class RemoteBackend:
-    """An OpenAI-compatible endpoint as a chat backend (streaming, stop reasons, usage)."""
+    """An OpenAI-compatible endpoint as a chat backend (streaming, stop reasons, usage).
+
+    It sends exactly the messages it is given: the conversation owns the system prompt, so a
+    prompt changed in the app's settings reaches the server with the next reply.
+    """
 
     def __init__(
         self,
@@ -77,12 +80,9 @@ class RemoteBackend:
         api_key: str | None = None,
         model: str | None = None,
         *,
-        system_prompt: str | None = None,
         timeout: float = 600.0,
     ) -> None:
         self._endpoint = parse_endpoint(endpoint)
-        # Like LlamaEngine.system_prompt: sent first when the conversation has no system message.
-        self.system_prompt = system_prompt
         self._api_key = api_key or None
         self._requested_model = model
         self._timeout = timeout
@@ -191,10 +191,9 @@ class RemoteBackend:
     ) -> dict[str, Any]:
         huozi_fields = self.speaks_huozi
         roles = HUOZI_ROLE_NAMES if huozi_fields else {r: r for r in HUOZI_ROLE_NAMES}
-        full = with_system_prompt(messages, self.system_prompt)
         payload: dict[str, Any] = {
             "model": self._model,
-            "messages": [{"role": roles[m.role], "content": m.content} for m in full],
+            "messages": [{"role": roles[m.role], "content": m.content} for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": sampling.temperature,

@@ -1,8 +1,10 @@
 """The small vocabulary every chat front end speaks: messages, sampling, reply events.
 
-A `ChatBackend` streams a reply to a list of messages. The local llama.cpp engine and a remote
-OpenAI-compatible endpoint implement it (tests drive both for real), so the terminal chat, the TUI
-and the server never care which one they drive (the backend protocol of simonw/llm).
+A `ChatBackend` streams a reply to a list of messages, exactly those it is given: the conversation
+(the app's session, the terminal chat, the server's request) owns the system prompt. The local
+llama.cpp engine and a remote OpenAI-compatible endpoint implement it (tests drive both for real),
+so the terminal chat, the TUI and the server never care which one they drive (the backend
+protocol of simonw/llm).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from huozi_local.core import huozi
+
+if TYPE_CHECKING:
+    from huozi_local.core.config import Settings
 
 Role = Literal["system", "user", "assistant"]
 StopReason = Literal["stop", "length", "cancelled"]
@@ -63,6 +68,28 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> SamplingOptions:
+        """The saved settings' sampling, with this run's choices (None: the setting) on top.
+
+        A negative saved seed means a new random seed for every reply.
+        """
+        saved_seed = settings.seed if settings.seed >= 0 else None
+        return cls(
+            temperature=settings.temperature if temperature is None else temperature,
+            top_p=settings.top_p,
+            repeat_penalty=settings.repeat_penalty,
+            max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+            seed=saved_seed if seed is None else seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +145,14 @@ class ChatBackend(Protocol):
         sampling: SamplingOptions | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[ReplyEvent]:
-        """Yield TextDelta/ContextTrimmed events, then exactly one ReplyResult."""
+        """Yield TextDelta/ContextTrimmed events, then exactly one ReplyResult.
+
+        `messages` is the whole prompt: a system message is the caller's to include.
+        """
+        ...
+
+    def close(self) -> None:
+        """Let go of the model or the connection; the backend is not used afterwards."""
         ...
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huozi_local.core import disk
 from huozi_local.core.catalog import ModelSpec, parse_model_spec
@@ -31,6 +31,9 @@ from huozi_local.core.fetch.model_folder import (
     write_sidecar,
 )
 from huozi_local.core.fetch.targets import DownloadTarget, fetch_listing, resolve_target
+
+if TYPE_CHECKING:
+    from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.fetch.transfer import TransferResult, fetch_to_part
 from huozi_local.core.progress import Progress, ProgressCallback
 from huozi_local.core.units import format_bytes
@@ -62,8 +65,11 @@ def download_model(
     keep_original: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    machine: Machine | None = None,
 ) -> DownloadResult:
     """Bring one model onto this disk, ready to load, and say where it is.
+
+    `machine`: what the planner picks a quant for when `spec` names a family without one.
 
     Runs in a worker thread in the TUI; `progress` gets stage 'download' (done/total bytes, speed
     and time left in the message), then 'verify', then 'repair' for legacy files. Raises
@@ -84,7 +90,7 @@ def download_model(
         if not is_offline:
             modelscope_source.require_modelscope()
     listing = fetch_listing(parsed, paths, source, base, token, is_offline)
-    target = resolve_target(parsed, paths, source, listing)
+    target = resolve_target(parsed, paths, source, listing, machine)
     present = _already_present(target, trust_unverified=is_offline)
     if present is not None:
         return present
@@ -326,14 +332,14 @@ def _repair_into(
     turn-ending metadata. The original stays untouched until the repaired file verified.
     """
     from huozi_local.core.gguf.header import read_gguf
-    from huozi_local.core.gguf.repair import repair_gguf, repair_plan
+    from huozi_local.core.gguf.repair import needs_repair, repair_gguf
 
     try:
         gguf = read_gguf(part)
     except GGUFError as exc:
         _discard_part(part)
         raise HuoziError(f"{target.spec} is not a usable GGUF model: {exc}") from exc
-    if gguf.layout != "legacy-split" and not (gguf.is_huozi and repair_plan(gguf)):
+    if not needs_repair(gguf):
         return None
     free = disk.free_disk_bytes(part.parent)
     if free < transfer.size:
@@ -354,31 +360,10 @@ def _repair_into(
             raise HuoziError(f"repairing {part.name} did not produce a loadable file")
         # The verified original is deleted next: the repaired copy must be on the disk itself,
         # not only in the page cache, or a power cut could leave neither.
-        _sync_to_disk(result.output)
+        disk.sync_to_disk(result.output)
         os.replace(result.output, final)
-        _sync_to_disk(final.parent)
+        disk.sync_to_disk(final.parent)
     finally:
         with contextlib.suppress(OSError):
             staging.unlink(missing_ok=True)
     return list(result.changes)
-
-
-def _sync_to_disk(path: Path) -> None:
-    """fsync a file, or a folder (so a rename in it survives a power cut)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return  # e.g. folders cannot be opened on Windows; the data was still written
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders
-    finally:
-        os.close(fd)
-
-
-# The TUI and `models` import the inventory from here too: one module for "models on disk".
-from huozi_local.core.fetch.inventory import ModelState, model_states  # noqa: E402
-
-__all__ = ["DownloadResult", "DownloadTarget", "ModelState", "download_model", "model_states"]

@@ -75,16 +75,6 @@ def _fits_by_quant(family: ModelFamily, machine: Machine | None) -> dict[str, st
     return {str(o.quant): str(o.verdict) for o in options}
 
 
-def detect_machine_or_none() -> Machine | None:
-    """The machine for the fits column; `models` still lists files when detection fails."""
-    from huozi_local.core.planning.hardware import detect_machine
-
-    try:
-        return detect_machine()
-    except HuoziError:
-        return None
-
-
 def model_states(
     paths: Paths,
     *,
@@ -92,19 +82,19 @@ def model_states(
     endpoint: str | None = None,
     token: str | None = None,
     machine: Machine | None = None,
-    with_fits: bool = True,
 ) -> list[ModelState]:
-    """Each family's quants (best first) with their state on disk, then any `hf:` downloads."""
+    """Each family's quants (best first) with their state on disk, then any `hf:` downloads.
+
+    `machine`: the caller's, for the "fits here" column (None leaves it empty).
+    """
     from huozi_local.core.fetch.targets import family_with_listing
 
-    if with_fits and machine is None:
-        machine = detect_machine_or_none()
     states: list[ModelState] = []
     families = sorted(load_families().values(), key=lambda f: (f.name != DEFAULT_FAMILY, f.name))
     for family in families:
         listing = _family_listing(paths, family, offline, endpoint, token)
         current = family_with_listing(family, listing)
-        fits = _fits_by_quant(current, machine) if with_fits else {}
+        fits = _fits_by_quant(current, machine)
         for entry in current.by_quality():
             final = family_model_path(paths, family.name, entry.quant)
             part = partial_download_path(paths, "hf", current.repo_id, entry.filename)

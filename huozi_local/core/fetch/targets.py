@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huozi_local.core.catalog import ModelFamily, ModelSpec, get_family
 from huozi_local.core.config import Paths
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, SourceLacksModel
 from huozi_local.core.fetch import hub
 from huozi_local.core.fetch.model_folder import family_model_path, hf_model_path
+
+if TYPE_CHECKING:
+    from huozi_local.core.planning.hardware import Machine
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def repo_for(parsed: ModelSpec, source: str) -> str:
     family = get_family(parsed.family)
     if source == "modelscope":
         if not family.modelscope_id:
-            raise HuoziError(f"{family.name} is not published on ModelScope: use --source hf")
+            raise SourceLacksModel(f"{family.name} is not published on ModelScope")
         return family.modelscope_id
     return family.repo_id
 
@@ -75,19 +79,28 @@ def family_with_listing(family: ModelFamily, listing: hub.RepoListing | None) ->
     return replace(family, quants=tuple(by_file.get(q.filename, q) for q in family.quants))
 
 
-def choose_quant(family: ModelFamily) -> str:
-    """The planner's choice of quant for this machine (`download huozi3` with no quant)."""
-    from huozi_local.core.planning.hardware import detect_machine
+def choose_quant(family: ModelFamily, machine: Machine | None) -> str:
+    """The planner's choice of quant for `machine` (`download huozi3` with no quant)."""
     from huozi_local.core.planning.planner import choose_plan
 
-    plan = choose_plan(family, detect_machine())
-    return str(plan.quant)
+    if machine is None:
+        names = ", ".join(f"{family.name}:{q.quant}" for q in family.by_quality())
+        raise HuoziError(f"which quant of {family.name}? name one ({names})")
+    return str(choose_plan(family, machine).quant)
 
 
 def resolve_target(
-    parsed: ModelSpec, paths: Paths, source: str, listing: hub.RepoListing | None
+    parsed: ModelSpec,
+    paths: Paths,
+    source: str,
+    listing: hub.RepoListing | None,
+    machine: Machine | None = None,
 ) -> DownloadTarget:
-    """Which remote file a spec means, with the size and sha256 that file must have."""
+    """Which remote file a spec means, with the size and sha256 that file must have.
+
+    A family with no quant gets the planner's choice for `machine` (the caller's Machine:
+    core never probes the hardware itself).
+    """
     if parsed.kind == "hf":
         assert parsed.repo_id is not None and parsed.filename is not None
         remote = listing.file(parsed.filename) if listing else None
@@ -108,7 +121,7 @@ def resolve_target(
         )
     assert parsed.family is not None
     family = family_with_listing(get_family(parsed.family), listing)
-    quant = parsed.quant or choose_quant(family)
+    quant = parsed.quant or choose_quant(family, machine)
     entry = family.quant(quant)
     remote = listing.file(entry.filename) if listing else None
     if listing is not None and remote is None and not listing.from_cache:

@@ -7,6 +7,7 @@ the GPU's share also counts against RAM, which it shares.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,7 @@ from huozi_local.core.planning.memory_model import (
     cpu_bytes_per_token,
     estimate_memory,
 )
+from huozi_local.core.units import format_bytes
 
 if TYPE_CHECKING:
     from huozi_local.core.planning.hardware import Machine
@@ -37,6 +39,7 @@ ReasonTopic = Literal[
     "flash_attn",
     "kv_cache",
     "memory",
+    "measured_fit",
     "shortfall",
 ]
 """What one line of a plan's explanation is about, so a screen picks lines by topic, not wording."""
@@ -83,6 +86,46 @@ def memory_budget(machine: Machine) -> Budget:
 
 
 @dataclass(frozen=True)
+class MeasuredFit:
+    """What llama.cpp's own dry run of a load said, and where the fit moved the placement.
+
+    The planner's weights and KV cache are exact; its GPU compute buffers are a formula. The
+    dry run measures them; `Plan.with_measured_fit` puts the measured figure in the plan.
+    """
+
+    estimated_compute: int
+    """The planner's GPU compute buffers for the placement the fit settled on."""
+    measured_compute: int
+    """llama.cpp's, from the dry run of that placement."""
+    planned_n_gpu_layers: int
+    planned_n_cpu_moe: int
+    """The placement the planner chose before the fit."""
+    dry_run_buffers: Mapping[str, Mapping[str, int]]
+    """Each device's buffers as the dry run logged them (weights and KV read 0 there)."""
+
+    def summary(self, plan: Plan) -> str:
+        """One line: what was measured against the estimate, and what moved (for `plan`)."""
+        line = (
+            f"measured fit: GPU compute buffers {format_bytes(self.measured_compute)} "
+            f"(estimated {format_bytes(self.estimated_compute)}); GPU total "
+            f"{format_bytes(plan.vram_bytes)} of {format_bytes(plan.vram_budget_bytes)}"
+        )
+        if self.adjusted(plan):
+            line += (
+                f"; placement adjusted to n_gpu_layers {plan.n_gpu_layers}, "
+                f"n_cpu_moe {plan.n_cpu_moe}"
+            )
+        return line
+
+    def adjusted(self, plan: Plan) -> bool:
+        """Did the fit move `plan` (the plan it belongs to) away from the planner's choice?"""
+        return (plan.n_gpu_layers, plan.n_cpu_moe) != (
+            self.planned_n_gpu_layers,
+            self.planned_n_cpu_moe,
+        )
+
+
+@dataclass(frozen=True)
 class Plan:
     quant: str | None
     model: str
@@ -108,6 +151,8 @@ class Plan:
     # Bytes the CPU reads from RAM per generated token (weights it holds: all of its attention and
     # output, n_expert_used / n_expert of its experts; plus its KV cache): the cost of a split.
     cpu_bytes_per_token: int = 0
+    # Set once llama.cpp's dry run has measured the GPU compute buffers (a local GPU load).
+    measured_fit: MeasuredFit | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -125,18 +170,39 @@ class Plan:
             self.n_gpu_layers, self.n_layers, n_cpu_moe=self.n_cpu_moe
         )
 
-    def load_kwargs(self) -> dict[str, Any]:
-        """Exactly what LlamaEngine.load takes."""
-        return {
-            "n_ctx": self.n_ctx,
-            "n_gpu_layers": self.n_gpu_layers,
-            "n_threads": self.n_threads,
-            "flash_attn": self.flash_attn,
-            "kv_cache_type": self.kv_cache_type,
-            "n_cpu_moe": self.n_cpu_moe,
-        }
+    def with_measured_fit(self, fit: MeasuredFit) -> Plan:
+        """This plan with llama.cpp's measured GPU compute buffers in place of the estimate,
+        and its totals and verdict computed again from them."""
+        gpu = replace(self.breakdown.gpu, compute=fit.measured_compute)
+        breakdown = replace(self.breakdown, gpu=gpu)
+        return replace(
+            self,
+            breakdown=breakdown,
+            vram_bytes=breakdown.vram_bytes,
+            ram_bytes=breakdown.ram_bytes,
+            fits=breakdown.vram_bytes <= self.vram_budget_bytes
+            and breakdown.ram_bytes <= self.ram_budget_bytes,
+            measured_fit=fit,
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields_dict()
+        if self.measured_fit is not None:
+            fit = self.measured_fit
+            data["measured_fit"] = {
+                "estimated_compute": fit.estimated_compute,
+                "measured_compute": fit.measured_compute,
+                "gpu_bytes": self.vram_bytes,
+                "budget": self.vram_budget_bytes,
+                "fits": self.vram_bytes <= self.vram_budget_bytes,
+                "adjusted": fit.adjusted(self),
+                "planned_n_gpu_layers": fit.planned_n_gpu_layers,
+                "planned_n_cpu_moe": fit.planned_n_cpu_moe,
+                "dry_run_buffers": {k: dict(v) for k, v in fit.dry_run_buffers.items()},
+            }
+        return data
+
+    def _fields_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "quant": self.quant,

@@ -40,7 +40,6 @@ from huozi_local.core.units import format_bytes
 
 if TYPE_CHECKING:
     from huozi_local.core.catalog import ModelFamily
-    from huozi_local.core.config import Settings
     from huozi_local.core.gguf.header import GGUFFile
     from huozi_local.core.planning.hardware import Machine
 
@@ -334,41 +333,6 @@ def plan_for_file(
     asked = n_gpu_layers is not None or n_cpu_moe is not None
     why = f"quant: {quant or 'unknown'} (the file's own)" + (", layers as asked" if asked else "")
     return explain_plan(plan, machine, why_quant=why, shape=shape)
-
-
-def plan_for_settings(
-    path: str | Path,
-    machine: Machine,
-    settings: Settings,
-    *,
-    n_ctx: int | None = None,
-    n_gpu_layers: int | None = None,
-    n_cpu_moe: int | None = None,
-) -> Plan:
-    """The plan every front end loads with: explicit values, then the settings, then the planner.
-
-    In the settings n_ctx 0, n_gpu_layers -1 and cpu_moe -1 mean "let the planner choose"; an
-    explicit negative n_gpu_layers means every layer. What was asked is still evaluated, so the plan
-    always shows the memory that configuration needs.
-    """
-    from huozi_local.core.gguf.header import read_gguf
-
-    gguf = read_gguf(Path(path))
-    layers = n_gpu_layers if n_gpu_layers is not None else settings.n_gpu_layers
-    if n_gpu_layers is None and layers < 0:
-        layers_asked: int | None = None
-    else:
-        layers_asked = gguf.n_layers + 1 if layers < 0 else layers
-    if n_cpu_moe is None and settings.cpu_moe >= 0:
-        n_cpu_moe = settings.cpu_moe
-    return plan_for_file(
-        gguf,
-        machine,
-        max_ctx=settings.max_context,
-        n_gpu_layers=layers_asked,
-        n_ctx=n_ctx if n_ctx is not None else (settings.n_ctx or None),
-        n_cpu_moe=n_cpu_moe,
-    )
 
 
 def evaluate_family_plan(

@@ -1,0 +1,134 @@
+"""llama-cpp-python's `Llama` with what huozi-local needs from llama.cpp's model params.
+
+`Llama` takes no progress argument and leaves `devices`, `tensor_buft_overrides` and `no_alloc`
+of llama.cpp's model params unused. It builds its params in `__init__` and loads right after,
+so `HuoziLlama` fills them the moment `__init__` assigns `model_params`: the only hook between
+building and loading. What to fill comes in a `LoadHooks` given to the constructor, so the class
+is defined once (this module imports llama_cpp: import it only when loading).
+
+With RPC devices, every call that waits on the devices runs through `guard` (see `run_guarded`);
+the engine reads `vocab`, `context` and `guard` here rather than `Llama`'s private fields.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+
+from huozi_local.core.devices import ggml
+from huozi_local.core.errors import WorkerLost
+
+Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
+
+
+@dataclass(frozen=True)
+class LoadHooks:
+    """What the loader puts into llama.cpp's model params for one load."""
+
+    progress_callback: Any  # a llama_cpp.llama_progress_callback, kept alive with the model
+    device: ggml.ModelDeviceParams  # the C arrays the model points at
+    no_alloc: bool = False
+    rpc: bool = False
+
+
+_ABANDONED: list[Any] = []
+"""Models whose RPC worker died: never freed (freeing would wait on the dead worker forever)."""
+
+
+class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
+    def __init__(self, model_path: str, *, hooks: LoadHooks, **kwargs: Any) -> None:
+        self._hooks = hooks
+        self._broken = ""
+        self.guard: Guard | None = None
+        """Runs a call that waits on the devices (None: call directly). Set for RPC devices."""
+        super().__init__(model_path, **kwargs)
+        if hooks.rpc:
+            self.guard = self.run_guarded
+
+    @property
+    def model_params(self) -> Any:
+        return self._huozi_model_params
+
+    @model_params.setter
+    def model_params(self, params: Any) -> None:
+        params.progress_callback = self._hooks.progress_callback
+        params.progress_callback_user_data = ctypes.c_void_p(0)
+        self._hooks.device.apply(params)
+        if self._hooks.no_alloc:  # with use_mmap=False: llama.cpp maps nothing in a dry run
+            params.no_alloc = True
+        self._huozi_model_params = params
+
+    @property
+    def vocab(self) -> Any:
+        """The `llama_vocab *` of the model (token attributes, pieces, end-of-generation ids)."""
+        return self._model.vocab
+
+    @property
+    def context(self) -> Any:
+        """The `llama_context *` the engine decodes on."""
+        return self.ctx
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        self._maybe_guarded(super().eval, tokens)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        return self._maybe_guarded(super().sample, *args, **kwargs)
+
+    def _maybe_guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.guard is None:
+            return call(*args, **kwargs)
+        return self.guard(lambda: call(*args, **kwargs))
+
+    def run_guarded(self, call: Any, *args: Any) -> Any:
+        """Run a call that waits on RPC devices where a lost worker cannot hang the reply.
+
+        Both evaluating and sampling synchronise with the devices; when a worker dies ggml's
+        RPC thread parks in the abort hook and the call never returns, so it runs in a helper
+        thread that is left behind.
+        """
+        if self._broken:
+            raise WorkerLost(self._broken)
+        outcome: list[Any] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(call(*args))
+            except BaseException as exc:
+                failure.append(exc)
+
+        helper = threading.Thread(target=run, name="huozi-rpc-call", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(0.05)
+            if ggml.worker_lost() is not None and helper.is_alive():
+                self._abandon()
+                raise WorkerLost(self._broken)
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
+    def _abandon(self) -> None:
+        """Never free this model: freeing would wait on the dead worker forever."""
+        self._broken = (
+            f"the RPC worker went away ({ggml.worker_lost()}): this model cannot go on; "
+            "restart huozi-local to use it again"
+        )
+        _ABANDONED.append(self)
+        self._stack = ExitStack()
+        for part in ("_model", "_ctx", "_batch"):
+            inner = getattr(self, part, None)
+            if inner is not None:
+                _ABANDONED.append(inner)
+                if hasattr(inner, "_exit_stack"):
+                    inner._exit_stack = ExitStack()
+
+    def close(self) -> None:
+        if not self._broken:
+            super().close()

@@ -4,15 +4,18 @@ A worker that dies of an exception other than the `HuoziError`s it handles used 
 screen as it was: Cancel armed, Start disabled, a loading bar waiting forever. Screens mix in
 `RecoveringScreen`: Textual reports the dead worker (`exit_on_error=False`), the
 traceback goes to a rotating log file under the app's data folder (HUOZI_HOME), the screen puts
-its own controls back, and a dialog shows the message, the log's path, and Back / Retry.
+its own controls back, and a dialog shows the message, the log's path, and Back / Retry. What
+each worker is and what Retry does is given with the worker when it starts (`Recovery`).
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from textual import on
 from textual.app import ComposeResult
@@ -123,41 +126,64 @@ class WorkerFailed(ModalScreen[FailureChoice]):
         self.dismiss("back")
 
 
+def _nothing() -> None:
+    """The default of a recovery step a screen does not need."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a screen does when one of its workers dies of something unexpected.
+
+    Given with the worker it belongs to (`RecoveringScreen.recover`), so Retry runs exactly the
+    work that failed, whatever its method is called.
+    """
+
+    what: str
+    """The work, as the dialog names it ("the download")."""
+    retry: Callable[[], object]
+    """Run the work again."""
+    crashed: Callable[[], object] = _nothing
+    """Put the screen's controls back as they are when nothing runs."""
+    back: Callable[[], object] = _nothing
+    """Leave the failed work behind (default: stay on the screen)."""
+
+
 class RecoveringScreen(Screen[None]):
-    """A screen whose workers never leave it frozen. Subclasses say what their workers are
-    (`describe_worker`), put their controls back (`worker_crashed`), and what Retry and Back do
-    (`@work` names a worker after its method)."""
+    """A screen whose workers never leave it frozen: each worker it starts is registered with
+    its `Recovery` (what it is, how to put the controls back, what Retry and Back do)."""
 
     last_failure: str = ""
 
-    def describe_worker(self, name: str) -> str:
-        return name or "a background task"
+    def __init__(
+        self, name: str | None = None, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(name, id, classes)
+        self._recoveries: dict[Worker[Any], Recovery] = {}
 
-    def worker_crashed(self, name: str) -> None:
-        """Put the screen's controls back as they are when nothing runs."""
-
-    def retry_worker(self, name: str) -> None:
-        """Run the failed work again."""
-
-    def back_from_failure(self, name: str) -> None:
-        """Leave the failed work behind (default: stay on this screen)."""
+    def recover(self, worker: Worker[Any], recovery: Recovery) -> None:
+        """Say what to do should `worker` die of an unexpected error."""
+        self._recoveries[worker] = recovery
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state is not WorkerState.ERROR or event.worker.error is None:
+        worker = event.worker
+        if event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED):
+            self._recoveries.pop(worker, None)
+        if event.state is not WorkerState.ERROR or worker.error is None:
             return
-        name = event.worker.name
-        error = event.worker.error
-        where = self.describe_worker(name)
+        recovery = self._recoveries.pop(worker, None) or Recovery(
+            worker.name or "a background task", retry=_nothing
+        )
+        error = worker.error
         app = self.app
         log = app.failure_log if isinstance(app, HasFailureLog) else None
-        log_path = log.record(where, error) if log is not None else None
+        log_path = log.record(recovery.what, error) if log is not None else None
         self.last_failure = describe(error)
-        self.worker_crashed(name)
+        recovery.crashed()
 
         def chosen(choice: FailureChoice | None) -> None:
             if choice == "retry":
-                self.retry_worker(name)
+                recovery.retry()
             else:
-                self.back_from_failure(name)
+                recovery.back()
 
-        app.push_screen(WorkerFailed(where, self.last_failure, log_path), chosen)
+        app.push_screen(WorkerFailed(recovery.what, self.last_failure, log_path), chosen)

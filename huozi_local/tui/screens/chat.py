@@ -23,8 +23,9 @@ from textual.widgets import Footer
 
 from huozi_local.core.chat.types import ContextTrimmed, ReplyResult, TextDelta
 from huozi_local.core.errors import HuoziError
-from huozi_local.tui.failures import RecoveringScreen
+from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import SettingsRequested
+from huozi_local.tui.remedies import app_wording
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
 from huozi_local.tui.session import ChatSession
 from huozi_local.tui.widgets.chat_input import ChatInput
@@ -203,7 +204,13 @@ class ChatScreen(RecoveringScreen):
         self._ui_cpu_at_last_draw = time.thread_time()
         self.cancel_event = threading.Event()
         self.refresh_status("生成中 generating…")
-        self.generate(self.cancel_event)
+        recovery = Recovery(
+            "the reply",
+            retry=lambda: self.call_later(self.action_regenerate),
+            # the reply stops; what was sent stays saved
+            crashed=lambda: self.post_message(ReplyEnded(None)),
+        )
+        self.recover(self.generate(self.cancel_event), recovery)
 
     async def show_reply(self) -> None:
         self._live = MessageView("assistant")
@@ -225,9 +232,9 @@ class ChatScreen(RecoveringScreen):
                 elif isinstance(event, ReplyResult):
                     result = event
         except HuoziError as exc:
-            self.post_message(ReplyEnded(None, str(exc)))
+            self.post_message(ReplyEnded(None, app_wording(exc)))
             return
-        # Anything else is a bug: RecoveringScreen logs it and offers Retry (worker_crashed).
+        # Anything else is a bug: RecoveringScreen logs it and offers Retry (its Recovery).
         self.post_message(ReplyEnded(result))
 
     async def on_reply_text(self, _message: ReplyText) -> None:
@@ -333,8 +340,14 @@ class ChatScreen(RecoveringScreen):
         self._search = event.query
         await self.refresh_sidebar()
 
+    def action_rename(self) -> None:
+        self.recover(self._rename(), Recovery("renaming the conversation", self.action_rename))
+
+    def action_delete(self) -> None:
+        self.recover(self._delete(), Recovery("deleting the conversation", self.action_delete))
+
     @work(exclusive=True, group="dialog", exit_on_error=False)
-    async def action_rename(self) -> None:
+    async def _rename(self) -> None:
         conversation_id = self.session.conversation_id
         if conversation_id is None:
             return
@@ -345,7 +358,7 @@ class ChatScreen(RecoveringScreen):
             await self.refresh_sidebar()
 
     @work(exclusive=True, group="dialog", exit_on_error=False)
-    async def action_delete(self) -> None:
+    async def _delete(self) -> None:
         conversation_id = self.session.conversation_id
         if conversation_id is None or self.replying:
             return
@@ -354,27 +367,6 @@ class ChatScreen(RecoveringScreen):
             self.session.store.delete_conversation(conversation_id)
             remaining = self.session.store.list_conversations()
             await self.open_conversation(remaining[0].id if remaining else None)
-
-    # -- a worker that died of something unexpected (RecoveringScreen) -----------------------
-
-    def describe_worker(self, name: str) -> str:
-        return {
-            "generate": "the reply",
-            "action_rename": "renaming the conversation",
-            "action_delete": "deleting the conversation",
-        }.get(name, name)
-
-    def worker_crashed(self, name: str) -> None:
-        if name == "generate":
-            self.post_message(ReplyEnded(None))  # the reply stops; what was sent stays saved
-
-    def retry_worker(self, name: str) -> None:
-        if name == "generate":
-            self.call_later(self.action_regenerate)
-        elif name == "action_rename":
-            self.action_rename()
-        elif name == "action_delete":
-            self.action_delete()
 
     def action_export(self, kind: str = "markdown") -> None:
         conversation_id = self.session.conversation_id

@@ -63,6 +63,9 @@ class RecordingBackend:
                 self.finished.release()
             yield event
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 @dataclass
 class RunningServer:
@@ -80,9 +83,10 @@ def running_server(
     **app_options: Any,
 ) -> Iterator[RunningServer]:
     """Greedy by default, so replies to unrigged prompts are repeatable too. `app_options` go
-    to `create_app` (CORS origins, the body limit)."""
+    to `create_app` (CORS origins, the body limit), but `system_prompt`: the served default."""
+    system_prompt = app_options.pop("system_prompt", "")
     recording = RecordingBackend(engine)
-    served = ServedModel(recording, model_id, raw_completer(engine))
+    served = ServedModel(recording, model_id, raw_completer(engine), system_prompt)
     app = create_app(served, api_key=api_key, defaults=GREEDY, **app_options)
     server = make_server(app, log_level="warning")
     sock = bind_socket("127.0.0.1", 0)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from huozi_local.core.errors import HuoziError
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
@@ -199,12 +199,15 @@ def test_plan_that_does_not_fit_refuses_to_load_unless_forced(
 ) -> None:
     """It only warned, then loaded anyway: on a real machine, swapping or the OOM killer."""
     from huozi_local.commands._engine_load import load_engine
+    from huozi_local.commands._remedies import cli_wording
+    from huozi_local.core.errors import PlanDoesNotFit
 
     no_memory = Machine.synthetic("cpu", 0, 1024**2)
-    with pytest.raises(HuoziError, match=r"does not fit in memory.*--force"):
+    with pytest.raises(PlanDoesNotFit) as refused:
         load_engine(_load_args(chat_model, force=False), machine=no_memory)
-    engine, plan, _settings = load_engine(_load_args(chat_model, force=True), machine=no_memory)
+    assert re.search(r"does not fit in memory.*--force", cli_wording(refused.value))
+    loaded, _settings = load_engine(_load_args(chat_model, force=True), machine=no_memory)
     try:
-        assert plan["fits"] is False
+        assert loaded.plan.fits is False
     finally:
-        engine.close()
+        loaded.engine.close()

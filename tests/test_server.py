@@ -17,6 +17,7 @@ from api_server import GREEDY, RunningServer, huozi_roles, running_server
 from openai.types.chat import ChatCompletionMessageParam
 
 from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, collect_reply
 from huozi_local.server.schemas import APIError, parse_chat_request, parse_completion_request
 
@@ -27,14 +28,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def chat_engine(tiny_models) -> Iterator[LlamaEngine]:  # type: ignore[no-untyped-def]
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="chat"), n_ctx=512, seed=1)
+    engine = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", rig="chat"), LoadOptions(n_ctx=512, seed=1)
+    )
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
 def loop_engine(tiny_models) -> Iterator[LlamaEngine]:  # type: ignore[no-untyped-def]
-    engine = LlamaEngine.load(tiny_models.get("merged", "q4_0", rig="loop"), n_ctx=1024, seed=1)
+    engine = LlamaEngine.load(
+        tiny_models.get("merged", "q4_0", rig="loop"), LoadOptions(n_ctx=1024, seed=1)
+    )
     yield engine
     engine.close()
 
@@ -391,3 +396,24 @@ async def test_a_slow_client_gets_the_same_text_in_fewer_chunks(loop_engine: Lla
     deltas = [e for e in events[:-1] if isinstance(e, TextDelta)]
     assert "".join(d.text for d in deltas) == result.text
     assert len(deltas) < result.completion_tokens / 2
+
+
+def test_the_served_system_prompt_goes_first_unless_a_request_has_its_own(
+    chat_engine: LlamaEngine,
+) -> None:
+    """The engine adds no system message of its own any more: `serve` owns the default (--system
+    or the settings') and puts it in front of a request that carries none."""
+    with running_server(chat_engine, system_prompt="你是一个智能助手") as server:
+        asked = client(server)
+        user: list[ChatCompletionMessageParam] = [{"role": "user", "content": "你好"}]
+        asked.chat.completions.create(model=server.model_id, messages=user)
+        assert server.backend.conversations[-1] == [
+            ChatMessage("system", "你是一个智能助手"),
+            ChatMessage("user", "你好"),
+        ]
+        own: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": "简短回答"},
+            {"role": "user", "content": "你好"},
+        ]
+        asked.chat.completions.create(model=server.model_id, messages=own)
+        assert [m.content for m in server.backend.conversations[-1]] == ["简短回答", "你好"]

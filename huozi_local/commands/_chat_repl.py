@@ -24,10 +24,9 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from huozi_local.core.chat.engine import LlamaEngine
-    from huozi_local.core.chat.remote_backend import RemoteBackend
-    from huozi_local.core.chat.types import ChatMessage, ReplyResult, SamplingOptions
+    from huozi_local.core.chat.types import ChatBackend, ChatMessage, ReplyResult, SamplingOptions
     from huozi_local.core.config import Paths
+    from huozi_local.core.planning.plan_model import Plan
 
 PROMPT = "用户> "
 HELP = "commands: /new  /system TEXT  /regen  /save [FILE]  /quit   (Ctrl-C stops a reply)"
@@ -41,9 +40,12 @@ class ChatRepl:
     in where history lives, so they are two classes with two names.
     """
 
-    engine: LlamaEngine | RemoteBackend
-    plan: dict[str, Any]
+    engine: ChatBackend
+    plan: Plan | dict[str, Any]
+    """The plan it loaded with (`--json` shows it), or the endpoint it talks to."""
     sampling: SamplingOptions
+    system: str
+    """The system prompt of this chat ("" for none): /system changes it, /save writes it."""
     paths: Paths
     json_mode: bool
     interactive: bool
@@ -55,29 +57,33 @@ class ChatRepl:
     def start(cls, args: argparse.Namespace) -> ChatRepl:
         from rich.console import Console
 
-        from huozi_local.commands._engine_load import load_engine, sampling_from
+        from huozi_local.commands._engine_load import (
+            load_engine,
+            sampling_from,
+            system_prompt_from,
+        )
         from huozi_local.commands.ask import checked_text
         from huozi_local.core.config import Paths, Settings
 
         if args.system is not None:
             checked_text(args.system, "--system")
-        engine: LlamaEngine | RemoteBackend
+        engine: ChatBackend
+        plan: Plan | dict[str, Any]
         if getattr(args, "endpoint", None):
             from huozi_local.core.chat.remote_backend import RemoteBackend
 
             settings = Settings.load(Paths.from_env().config_file)
-            system = args.system if args.system is not None else settings.system_prompt
-            engine = RemoteBackend(
-                args.endpoint, args.api_key, model=args.model, system_prompt=system or None
-            )
-            engine.connect()  # refused / 401 / unknown model: one line now, not at the first turn
-            plan: dict[str, Any] = {"endpoint": engine.endpoint, "model": engine.model_name}
+            remote = RemoteBackend(args.endpoint, args.api_key, model=args.model)
+            remote.connect()  # refused / 401 / unknown model: one line now, not at the first turn
+            engine, plan = remote, {"endpoint": remote.endpoint, "model": remote.model_name}
         else:
-            engine, plan, settings = load_engine(args)
+            loaded, settings = load_engine(args)
+            engine, plan = loaded.engine, loaded.plan
         return cls(
             engine=engine,
             plan=plan,
             sampling=sampling_from(args, settings),
+            system=system_prompt_from(args, settings),
             paths=Paths.from_env(),
             json_mode=args.json,
             interactive=sys.stdin.isatty(),
@@ -169,7 +175,7 @@ class ChatRepl:
             self.messages.clear()
             self._note("new conversation")
         elif name == "/system":
-            self.engine.system_prompt = rest or None
+            self.system = rest
             self._note(f"system prompt: {rest}" if rest else "system prompt removed")
         elif name == "/regen":
             while self.messages and self.messages[-1].role == "assistant":
@@ -200,8 +206,9 @@ class ChatRepl:
 
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import closed_after, result_record
-        from huozi_local.core.chat.loader import WorkerLost
+        from huozi_local.core.chat.template import with_system_prompt
         from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, TextDelta
+        from huozi_local.core.errors import WorkerLost
 
         cancel = threading.Event()
         previous = signal.getsignal(signal.SIGINT)
@@ -215,7 +222,8 @@ class ChatRepl:
         try:
             # Closed however the loop ends, so engine.close() never waits on a suspended
             # generator's lock (a closed pipe or an unwritable character used to hang here).
-            events = self.engine.stream_reply(self.messages, self.sampling, cancel)
+            prompt = with_system_prompt(self.messages, self.system)
+            events = self.engine.stream_reply(prompt, self.sampling, cancel)
             with closed_after(events):
                 for event in events:
                     if isinstance(event, TextDelta):
@@ -249,8 +257,8 @@ class ChatRepl:
 
     def _write(self, target: Path) -> None:
         rows = [{"role": m.role, "content": m.content} for m in self.messages]
-        if self.engine.system_prompt:
-            rows.insert(0, {"role": "system", "content": self.engine.system_prompt})
+        if self.system:
+            rows.insert(0, {"role": "system", "content": self.system})
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

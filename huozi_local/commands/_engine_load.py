@@ -1,8 +1,9 @@
 """Shared by `ask`, `chat` and `serve`: the --model/--ctx/--gpu-layers/--cpu-moe options and
-loading the engine.
+loading the engine through core.loading, the path the app and the server share.
 
-Load settings come from the planner (core/planner.py: the GPU layers, context and threads that fit
-this machine); `--ctx` and `--gpu-layers`, then the user's settings, override its choices.
+Load settings come from the planner (the GPU layers, context and threads that fit this machine);
+`--ctx`, `--gpu-layers` and `--cpu-moe` (this run only), then the user's settings, override its
+choices.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from huozi_local.core.chat.engine import LlamaEngine
     from huozi_local.core.chat.types import SamplingOptions
     from huozi_local.core.config import Settings
+    from huozi_local.core.gguf.header import GGUFFile
+    from huozi_local.core.loading.load import LoadedModel
     from huozi_local.core.planning.hardware import Machine
+    from huozi_local.core.planning.plan_model import Plan
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +33,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="system prompt (default: the settings' one)")
     parser.add_argument("--ctx", type=int, help="context size in tokens (default: planned)")
     parser.add_argument(
-        "--gpu-layers", type=int, help="layers to offload to the GPU (default: planned; -1: all)"
+        "--gpu-layers",
+        type=gpu_layers_arg,
+        metavar="N|all",
+        help="layers to offload to the GPU (default: planned; all (or -1): every layer)",
     )
     add_cpu_moe_option(parser)
     add_rpc_option(parser)
@@ -41,6 +48,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load even when the plan says it will not fit in memory (it may swap or be killed)",
     )
+
+
+def gpu_layers_arg(text: str) -> int | str:
+    """`--gpu-layers`: a count, or `all` (also -1, as llama.cpp's -ngl spells it)."""
+    from huozi_local.core.config import ALL_LAYERS
+
+    if text.strip().lower() in (ALL_LAYERS, "-1"):
+        return ALL_LAYERS
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of layers or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, or 'all', not {value}")
+    return value
 
 
 def add_cpu_moe_option(parser: argparse.ArgumentParser) -> None:
@@ -87,55 +109,18 @@ def check_cpu_moe(value: int | None) -> int | None:
     return value
 
 
-def _plan(
-    path: Any,
-    settings: Settings,
-    ctx: int | None,
-    gpu_layers: int | None,
-    cpu_moe: int | None = None,
-    *,
-    machine: Machine | None = None,
-    force: bool = False,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(load kwargs, plan as a JSON-able dict); --ctx, --gpu-layers and --cpu-moe win over the
-    settings. A plan that does not fit is refused unless `force`: loading it anyway ends in
-    swapping or the OOM killer taking the machine down, which is worse than one line now."""
-    from huozi_local.core.errors import HuoziError
-    from huozi_local.core.planning import hardware, planner
-
-    plan = planner.plan_for_settings(
-        path,
-        machine if machine is not None else hardware.detect_machine(),
-        settings,
-        n_ctx=ctx,
-        n_gpu_layers=gpu_layers,
-        n_cpu_moe=cpu_moe,
-    )
-    if not plan.fits:
-        why = plan.reason("shortfall")
-        if not force:
-            raise HuoziError(
-                f"this configuration does not fit in memory ({why}): lower --ctx or "
-                "--gpu-layers, or pass --force to load it anyway"
-            )
-        print(f"huozi-local: warning: loading although it may not fit: {why}", file=sys.stderr)
-    return dict(plan.load_kwargs()), dict(plan.to_dict())
-
-
-def check_ctx(ctx: int | None, path: Any) -> int | None:
+def check_ctx(ctx: int | None, gguf: GGUFFile) -> int | None:
     """--ctx within 64 and the model's training context (never above 2^32 - 1: llama.cpp keeps
     n_ctx in 32 bits, and a value past that wrapped around and ate memory until the machine ran
     out)."""
     from huozi_local.core.config import MAX_CONTEXT, MIN_CONTEXT
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.gguf.header import read_gguf
 
     if ctx is None:
         return None
     if ctx < MIN_CONTEXT:
         raise HuoziError(f"--ctx must be at least {MIN_CONTEXT}, got {ctx}")
-    trained = read_gguf(path).context_length or MAX_CONTEXT
-    ceiling = min(trained, MAX_CONTEXT)
+    ceiling = min(gguf.context_length or MAX_CONTEXT, MAX_CONTEXT)
     if ctx > ceiling:
         raise HuoziError(
             f"--ctx {ctx} is more than the model's training context ({ceiling} tokens)"
@@ -145,52 +130,44 @@ def check_ctx(ctx: int | None, path: Any) -> int | None:
 
 def load_engine(
     args: argparse.Namespace, *, machine: Machine | None = None
-) -> tuple[LlamaEngine, dict[str, Any], Settings]:
-    """Resolve --model, plan, and load with a progress line on a terminal's stderr.
+) -> tuple[LoadedModel, Settings]:
+    """Resolve --model, plan, fit and load (core.loading), with a progress line on a
+    terminal's stderr; the flags are this run's overrides, never saved.
 
-    `machine`: the hardware to plan for (tests inject one; default: this machine's)."""
-    from huozi_local.core.chat.engine import LlamaEngine
+    `machine`: the hardware to plan for (tests inject one; default: this machine's).
+    """
     from huozi_local.core.config import Paths, Settings
-    from huozi_local.core.fetch.model_folder import resolve_local_model
+    from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs, model_spec
+    from huozi_local.core.loading.load import load_planned, plan_load
+    from huozi_local.core.loading.model_file import open_model
 
     cpu_moe = check_cpu_moe(getattr(args, "cpu_moe", None))
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
-    resolved = resolve_local_model(args.model, paths, settings.model)
-    ctx = check_ctx(args.ctx, resolved.path)
-    force = bool(getattr(args, "force", False))
+    overrides = LoadOverrides(model=args.model, n_gpu_layers=args.gpu_layers, n_cpu_moe=cpu_moe)
+    model = open_model(model_spec(settings, overrides), paths)
+    overrides = replace(overrides, n_ctx=check_ctx(args.ctx, model.gguf))
     register_rpc_workers(args)
     if machine is None:
         from huozi_local.core.planning.hardware import detect_machine
 
         machine = detect_machine()
-    kwargs, plan = _plan(
-        resolved.path, settings, ctx, args.gpu_layers, cpu_moe, machine=machine, force=force
-    )
-    kwargs, plan = _fit(resolved.path, machine, kwargs, plan)
-    system = args.system if args.system is not None else settings.system_prompt
-    progress = _progress_printer(resolved.display_name) if sys.stderr.isatty() else None
+    planned = plan_load(model, machine, PlanInputs.of(settings, overrides))
+    force = bool(getattr(args, "force", False))
+    if not planned.plan.fits and force:
+        why = planned.plan.reason("shortfall")
+        print(f"huozi-local: warning: loading although it may not fit: {why}", file=sys.stderr)
+    progress = _progress_printer(model.label) if sys.stderr.isatty() else None
     try:
-        engine = LlamaEngine.load(resolved.path, system_prompt=system, progress=progress, **kwargs)
+        loaded = load_planned(planned, machine, allow_overcommit=force, progress=progress)
     finally:
         if progress is not None:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
-    return engine, plan, settings
-
-
-def _fit(
-    path: Any, machine: Machine, kwargs: dict[str, Any], plan: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The measured fit before a load that offloads to a GPU (core/measured_fit.py)."""
-    from huozi_local.core.measured_fit import fit_before_load, with_fit
-
-    kwargs, fit = fit_before_load(path, machine, kwargs)
-    if fit is None:
-        return kwargs, plan
-    if fit.adjusted or not fit.fits:
-        print(f"huozi-local: {fit.summary()}", file=sys.stderr)
-    return kwargs, with_fit(plan, fit)
+    fit = loaded.plan.measured_fit
+    if fit is not None and (fit.adjusted(loaded.plan) or not loaded.plan.fits):
+        print(f"huozi-local: {fit.summary(loaded.plan)}", file=sys.stderr)
+    return loaded, settings
 
 
 @contextmanager
@@ -236,19 +213,18 @@ def sampling_from(args: argparse.Namespace, settings: Settings) -> SamplingOptio
             except HuoziError as exc:
                 flag = "--" + option.replace("_", "-")
                 raise HuoziError(str(exc).replace(f"'{key}'", flag, 1)) from None
-    max_tokens = args.max_tokens if args.max_tokens is not None else settings.max_tokens
-    temperature = args.temp if args.temp is not None else settings.temperature
-    seed = args.seed if args.seed is not None else (settings.seed if settings.seed >= 0 else None)
-    return SamplingOptions(
-        temperature=temperature,
-        top_p=settings.top_p,
-        repeat_penalty=settings.repeat_penalty,
-        max_tokens=max_tokens,
-        seed=seed,
+    return SamplingOptions.from_settings(
+        settings, temperature=args.temp, max_tokens=args.max_tokens, seed=args.seed
     )
 
 
-def result_record(result: Any, plan: dict[str, Any]) -> dict[str, Any]:
+def system_prompt_from(args: argparse.Namespace, settings: Settings) -> str:
+    """--system over the settings' system prompt ("" for none)."""
+    system: str | None = getattr(args, "system", None)
+    return system if system is not None else settings.system_prompt
+
+
+def result_record(result: Any, plan: Plan | dict[str, Any]) -> dict[str, Any]:
     """The JSON fields of `ask --json` and `chat --json`."""
     return {
         "text": result.text,
@@ -260,5 +236,5 @@ def result_record(result: Any, plan: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": round(result.tokens_per_s, 2),
         "model": result.model,
         "dropped_messages": result.dropped_messages,
-        "plan": plan,
+        "plan": plan if isinstance(plan, dict) else plan.to_dict(),
     }

@@ -66,11 +66,8 @@ def run_app(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths, Settings
     from huozi_local.core.store.conversations import ConversationStore
 
-    cpu_moe = check_cpu_moe(getattr(args, "cpu_moe", None))
     paths = Paths.from_env()
     settings = Settings.load(paths.config_file)
-    if cpu_moe is not None:
-        settings.cpu_moe = cpu_moe  # like --model: this run's choice, kept if settings are saved
     register_rpc_workers(args)  # before the app plans: their devices count as this machine's GPUs
     store = ConversationStore.open(paths.database_file)
     try:
@@ -90,21 +87,21 @@ def _build(
     store: ConversationStore,
     options: AppOptions | None = None,
 ) -> HuoziApp:
-    """The app the command line asks for; `options` replaces probes (tests)."""
+    """The app the command line asks for; `options` replaces probes (tests).
+
+    `--model` and `--cpu-moe` are this run's overrides: the app opens with them and never saves
+    them (choosing a model in setup or settings does)."""
+    from huozi_local.core.loading.inputs import LoadOverrides
     from huozi_local.tui.app import create_app
     from huozi_local.tui.session import ModelInfo
 
     endpoint = getattr(args, "endpoint", None)
     model = getattr(args, "model", None)
+    overrides = LoadOverrides(model=model, n_cpu_moe=check_cpu_moe(getattr(args, "cpu_moe", None)))
     if endpoint:
         from huozi_local.core.chat.remote_backend import RemoteBackend
 
-        backend = RemoteBackend(
-            endpoint,
-            getattr(args, "api_key", None),
-            model=model,
-            system_prompt=settings.system_prompt or None,
-        )
+        backend = RemoteBackend(endpoint, getattr(args, "api_key", None), model=model)
         backend.connect()  # refused / 401 / unknown model: one line now, not inside the app
         info = ModelInfo(backend.model_name, n_ctx=backend.n_ctx, location="remote")
         return create_app(
@@ -115,13 +112,16 @@ def _build(
             model_info=info,
             options=options,
         )
+    opened = None
     if model:
-        from huozi_local.core.fetch.model_folder import resolve_local_model
+        from huozi_local.core.loading.model_file import open_model
 
-        resolved = resolve_local_model(model, paths)  # one clear line now, not a setup screen
-        if resolved.spec.kind == "path":
-            from huozi_local.core.gguf.header import read_gguf
-
-            read_gguf(resolved.path)  # not GGUF, truncated: one line before the app opens
-        settings.model = model
-    return create_app(settings=settings, paths=paths, store=store, options=options)
+        opened = open_model(model, paths)  # missing, not GGUF: one line before the app opens
+    return create_app(
+        settings=settings,
+        paths=paths,
+        store=store,
+        options=options,
+        overrides=overrides,
+        model=opened,
+    )

@@ -107,7 +107,9 @@ def run_ask(args: argparse.Namespace) -> int:
         load_engine,
         result_record,
         sampling_from,
+        system_prompt_from,
     )
+    from huozi_local.core.chat.template import with_system_prompt
     from huozi_local.core.chat.types import ChatMessage, ReplyResult, TextDelta
 
     if args.system is not None:
@@ -120,8 +122,10 @@ def run_ask(args: argparse.Namespace) -> int:
         raise HuoziError("nothing to ask: give TEXT, '-' with text on stdin, or --messages FILE")
     if messages[-1].role != "user":
         raise HuoziError("the conversation must end with a user message to be answered")
-    engine, plan, settings = load_engine(args)
+    loaded, settings = load_engine(args)
+    engine = loaded.engine
     sampling = sampling_from(args, settings)
+    messages = with_system_prompt(messages, system_prompt_from(args, settings))
     import threading
 
     cancel = threading.Event()
@@ -146,7 +150,7 @@ def run_ask(args: argparse.Namespace) -> int:
         engine.close()
     assert result is not None
     if args.json:
-        print(json.dumps(result_record(result, plan), ensure_ascii=False))
+        print(json.dumps(result_record(result, loaded.plan), ensure_ascii=False))
     else:
         sys.stdout.write("\n")
         if result.stop_reason == "length":

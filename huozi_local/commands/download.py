@@ -53,9 +53,11 @@ def run_download(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths
     from huozi_local.core.errors import Cancelled
     from huozi_local.core.fetch.download import DownloadResult, download_model
+    from huozi_local.core.planning.hardware import detect_machine
 
     paths = Paths.from_env()
     source, endpoint = _source_and_endpoint(args, paths)
+    machine = detect_machine() if _names_no_quant(args.model) else None
     try:
         with ProgressBar(sys.stderr) as bar:
             result: DownloadResult = run_cancelable(
@@ -68,6 +70,7 @@ def run_download(args: argparse.Namespace) -> int:
                     keep_original=args.keep_original,
                     progress=bar.update,
                     cancel=cancel,
+                    machine=machine,
                 ),
                 "download",
             )
@@ -76,6 +79,14 @@ def run_download(args: argparse.Namespace) -> int:
         return 130
     _report(result)
     return 0
+
+
+def _names_no_quant(text: str) -> bool:
+    """A family without a quant (`download huozi3`): the planner picks one for this machine."""
+    from huozi_local.core.catalog import parse_model_spec
+
+    spec = parse_model_spec(text)
+    return spec.kind == "family" and not spec.quant
 
 
 def _source_and_endpoint(args: argparse.Namespace, paths: Any) -> tuple[str, str | None]:

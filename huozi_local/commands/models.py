@@ -25,8 +25,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_models(args: argparse.Namespace) -> int:
     from huozi_local.core.config import Paths
     from huozi_local.core.fetch.inventory import model_states
+    from huozi_local.core.planning.hardware import detect_machine
 
-    states = model_states(Paths.from_env(), offline=args.offline, endpoint=args.endpoint)
+    machine = detect_machine()  # never raises: a probe that fails says "unknown"
+    states = model_states(
+        Paths.from_env(), offline=args.offline, endpoint=args.endpoint, machine=machine
+    )
     if args.json:
         json.dump([s.to_json() for s in states], sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")

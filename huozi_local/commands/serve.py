@@ -54,20 +54,20 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise HuoziError(EXTRA_HINT) from exc
 
-    from huozi_local.commands._engine_load import load_engine, sampling_from
-    from huozi_local.core.config import Paths
-    from huozi_local.core.fetch.model_folder import resolve_local_model
+    from huozi_local.commands._engine_load import load_engine, sampling_from, system_prompt_from
     from huozi_local.server.app import ServedModel, create_app
     from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
     from huozi_local.server.serving import raw_completer
 
     sock = bind_socket(args.host, args.port)  # before the slow load: a busy port fails at once
     try:
-        engine, _plan, settings = load_engine(args)
+        loaded, settings = load_engine(args)
+        engine = loaded.engine
         defaults = sampling_from(args, settings)
-        name = args.model_id or resolve_local_model(args.model, Paths.from_env(), settings.model)
-        model_id = name if isinstance(name, str) else name.display_name
-        served = ServedModel(engine, model_id, raw_completer(engine))
+        model_id = args.model_id or loaded.model.display_name
+        served = ServedModel(
+            engine, model_id, raw_completer(engine), system_prompt_from(args, settings)
+        )
         app = create_app(
             served,
             api_key=args.api_key,

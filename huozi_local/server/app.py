@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from huozi_local.core.chat.template import with_system_prompt
 from huozi_local.core.chat.types import (
     ChatBackend,
     ReplyEvent,
@@ -55,6 +56,8 @@ class ServedModel:
     backend: ChatBackend
     model_id: str
     complete: CompleteFn | None = None
+    system_prompt: str = ""
+    """Sent first when a request's messages carry no system message ("" for none)."""
 
 
 def create_app(
@@ -197,7 +200,8 @@ class _Api:
         backend = self.served.backend
 
         def produce(cancel: threading.Event) -> Iterator[ReplyEvent]:
-            return backend.stream_reply(chat.messages, chat.sampling, cancel)
+            messages = with_system_prompt(chat.messages, self.served.system_prompt)
+            return backend.stream_reply(messages, chat.sampling, cancel)
 
         if chat.stream:
             stream = self._stream(produce, chat.n, chat.include_usage, chat=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from huozi_local.core.chat.types import ChatBackend
-from huozi_local.tui.model_choice import ModelChoice
-from huozi_local.tui.session import ModelInfo
+from huozi_local.core.fetch.sources import DownloadSource
+from huozi_local.core.loading.load import PlannedLoad
+from huozi_local.tui.model_choice import LoadedBackend
 
 
 class SetupRequested(Message):
@@ -20,7 +20,7 @@ class SetupRequested(Message):
     (a `--model FILE`, a model picked in settings) rather than downloading the recommended one.
     """
 
-    def __init__(self, error: str = "", failed: ModelChoice | None = None) -> None:
+    def __init__(self, error: str = "", failed: PlannedLoad | None = None) -> None:
         super().__init__()
         self.error = error
         self.failed = failed
@@ -29,27 +29,28 @@ class SetupRequested(Message):
 class LoadRequested(Message):
     """Load this model (again): Retry after it would not load."""
 
-    def __init__(self, choice: ModelChoice) -> None:
+    def __init__(self, planned: PlannedLoad) -> None:
         super().__init__()
-        self.choice = choice
+        self.planned = planned
 
 
 class ModelDownloaded(Message):
-    """The setup made a model ready on disk: remember it for the next run, then load it."""
+    """The setup made a model ready on disk: remember it (and the source it came from, when it
+    was downloaded) for the next run, then load it."""
 
-    def __init__(self, choice: ModelChoice, spec: str) -> None:
+    def __init__(self, planned: PlannedLoad, source: DownloadSource | None = None) -> None:
         super().__init__()
-        self.choice = choice
-        self.spec = spec
+        self.planned = planned
+        self.source = source
 
 
 class BackendLoaded(Message):
     """A model finished loading: chat with it."""
 
-    def __init__(self, backend: ChatBackend, info: ModelInfo) -> None:
+    def __init__(self, planned: PlannedLoad, loaded: LoadedBackend) -> None:
         super().__init__()
-        self.backend = backend
-        self.info = info
+        self.planned = planned
+        self.loaded = loaded
 
 
 class SettingsRequested(Message):

@@ -1,7 +1,9 @@
-"""Which model the app opens with, and how it is loaded (no Textual here: workers call this).
+"""Which model the app opens, and how it is loaded (no Textual here: workers call this).
 
-The app takes a `BackendLoader` by injection, so tests and benchmarks drive the real engine with
-tiny models while a remote endpoint (`huozi-local tui --endpoint URL`) plugs in the same way.
+Planning and loading are core.loading's, the same path as the command line's: the app only says
+which model and which Machine. The app takes a `BackendLoader` by injection, so tests and
+benchmarks drive the real engine with tiny models (or wrap it) while a remote endpoint
+(`huozi-local tui --endpoint URL`) plugs in beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs, model_spec
+from huozi_local.core.loading.load import PlannedLoad, load_planned, plan_load
+from huozi_local.core.loading.model_file import model_file_at, open_model
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.plan_model import Plan
 from huozi_local.core.progress import ProgressCallback
@@ -21,82 +26,72 @@ from huozi_local.tui.session import ModelInfo
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    """A model on disk and the plan it loads with (threads, flash attention, KV cache type)."""
+class LoadedBackend:
+    """A backend ready to chat, and the plan it was really loaded with (after the fit)."""
 
-    path: Path
-    label: str
-    quant: str
+    backend: ChatBackend
     plan: Plan
 
-    @property
-    def n_ctx(self) -> int:
-        return self.plan.n_ctx
-
-    @property
-    def n_gpu_layers(self) -> int:
-        return self.plan.n_gpu_layers
-
-    def info(self, backend: ChatBackend) -> ModelInfo:
-        """What the status bar shows for this model once `backend` has loaded it.
-
-        The context is the backend's, not the plan's: llama.cpp pads the requested n_ctx up to a
-        multiple of 256, and the padded size is what a conversation really gets.
-        """
-        return ModelInfo(self.label, self.quant, self.n_gpu_layers, backend.n_ctx)
+    def info(self, planned: PlannedLoad) -> ModelInfo:
+        """What the status bar shows: the placement llama.cpp got (the measured fit may have
+        moved it from the planned one) and the context it really allocated (padded to 256)."""
+        plan = self.plan
+        return ModelInfo(
+            planned.label,
+            planned.model.quant,
+            plan.n_gpu_layers,
+            self.backend.n_ctx,
+            n_cpu_moe=plan.n_cpu_moe,
+        )
 
 
 BackendLoader = Callable[
-    [ModelChoice, ProgressCallback | None, threading.Event | None], ChatBackend
+    [PlannedLoad, Machine, ProgressCallback | None, threading.Event | None], LoadedBackend
 ]
 
 
-def saved_model_choice(settings: Settings, paths: Paths, machine: Machine) -> ModelChoice | None:
-    """The model the last run used (Settings.model), when it is still on this disk."""
-    if not settings.model:
-        return None
-    from huozi_local.core.fetch.model_folder import resolve_local_model
-
-    try:
-        resolved = resolve_local_model(settings.model, paths)
-    except HuoziError:
-        return None
-    label = resolved.family or resolved.display_name
-    return choice_for(resolved.path, label, resolved.quant or "", settings, machine)
-
-
-def choice_for(
-    path: Path, label: str, quant: str, settings: Settings, machine: Machine | None = None
-) -> ModelChoice:
-    """The planner's load options for the settings as they stand (planner.plan_for_settings)."""
-    from huozi_local.core.planning.hardware import detect_machine
-    from huozi_local.core.planning.planner import plan_for_settings
-
-    plan = plan_for_settings(path, machine if machine is not None else detect_machine(), settings)
-    return ModelChoice(path, label, quant, plan)
-
-
-def load_local_engine(
-    choice: ModelChoice,
+def load_local(
+    planned: PlannedLoad,
+    machine: Machine,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-) -> ChatBackend:
-    """The real engine; the system prompt comes from the conversation, not the engine default.
+) -> LoadedBackend:
+    """The real engine through core.loading (measured fit included) on the app's Machine."""
+    loaded = load_planned(planned, machine, progress=progress, cancel=cancel)
+    return LoadedBackend(loaded.engine, loaded.plan)
 
-    A load that offloads to a GPU first runs the measured fit (core/measured_fit.py).
-    """
-    from huozi_local.core.chat.engine import LlamaEngine
 
-    kwargs = choice.plan.load_kwargs()
-    if choice.plan.backend != "cpu" and choice.plan.n_gpu_layers:
-        from huozi_local.core.measured_fit import fit_before_load
-        from huozi_local.core.planning.hardware import detect_machine
+def plan_saved_model(
+    settings: Settings, overrides: LoadOverrides, paths: Paths, machine: Machine
+) -> PlannedLoad:
+    """The model this run opens (`--model`, else the saved one, else the best on disk) and its
+    plan; HuoziError when it is not on this disk or not a model file."""
+    model = open_model(model_spec(settings, overrides), paths)
+    return plan_load(model, machine, PlanInputs.of(settings, overrides))
 
-        kwargs, _fit = fit_before_load(choice.path, detect_machine(), kwargs)
-    return LlamaEngine.load(
-        choice.path,
-        system_prompt=None,
-        progress=progress,
-        cancel=cancel,
-        **kwargs,
-    )
+
+def saved_model_plan_or_none(
+    settings: Settings, overrides: LoadOverrides, paths: Paths, machine: Machine
+) -> PlannedLoad | None:
+    """`plan_saved_model`, or None when the saved model is gone (setup then opens)."""
+    if not model_spec(settings, overrides):
+        return None
+    try:
+        return plan_saved_model(settings, overrides, paths, machine)
+    except HuoziError:
+        return None
+
+
+def plan_file(
+    path: Path,
+    *,
+    label: str,
+    quant: str,
+    spec: str,
+    settings: Settings,
+    machine: Machine,
+    overrides: LoadOverrides | None = None,
+) -> PlannedLoad:
+    """The plan for a file setup just made ready (a download, an import)."""
+    model = model_file_at(path, label=label, quant=quant, spec=spec)
+    return plan_load(model, machine, PlanInputs.of(settings, overrides))

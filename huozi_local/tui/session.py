@@ -37,6 +37,8 @@ class ModelInfo:
     n_ctx: int = 0
     location: ModelLocation = "local"
     """A remote model has no file here, so settings never reload it."""
+    n_cpu_moe: int = 0
+    """MoE layers whose experts stay in RAM (llama.cpp's --n-cpu-moe)."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from huozi_local.core.catalog import get_family
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.fetch.disk_space import disk_need
+from huozi_local.core.loading.inputs import LoadOverrides
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.plan_model import Verdict
 from huozi_local.core.planning.planner import QuantOption
@@ -153,17 +154,18 @@ def _hardware_lines(machine: Machine) -> list[str]:
     return lines
 
 
-def memory_estimate_text(settings: Settings, paths: Paths, machine: Machine | None = None) -> str:
-    """The planner's estimate for the settings as they stand (settings screen)."""
-    from huozi_local.core.fetch.model_folder import resolve_local_model
-    from huozi_local.core.planning.hardware import detect_machine
-    from huozi_local.core.planning.planner import plan_for_settings
+def memory_estimate_text(
+    settings: Settings,
+    paths: Paths,
+    machine: Machine,
+    overrides: LoadOverrides | None = None,
+) -> str:
+    """The planner's estimate for the settings as they stand (settings screen): the plan the
+    app would load them with."""
+    from huozi_local.tui.model_choice import plan_saved_model
 
     try:
-        resolved = resolve_local_model(settings.model, paths)
-        plan = plan_for_settings(
-            resolved.path, machine if machine is not None else detect_machine(), settings
-        )
+        plan = plan_saved_model(settings, overrides or LoadOverrides(), paths, machine).plan
     except HuoziError as exc:
         return f"内存估计 Memory estimate unavailable: {exc}"
     label = VERDICT_LABELS[plan.verdict]

@@ -9,26 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tui_helpers import chat_ready, wait_for
+from tui_helpers import chat_ready, load_tiny, wait_for
 
 from huozi_local.core.config import Paths, Settings
+from huozi_local.core.loading.load import PlannedLoad
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.model_choice import ModelChoice, choice_for, load_local_engine
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.widgets.chat_input import ChatInput
 
 REPLY = "你好，龘世界！"
 
 
-def _app(huozi_home: Path, model_file: Path, **settings: object) -> tuple[HuoziApp, ModelChoice]:
+def _app(huozi_home: Path, model_file: Path, **settings: object) -> tuple[HuoziApp, PlannedLoad]:
     paths = Paths.from_env()
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, **settings)  # type: ignore[arg-type]
-    choice = choice_for(model_file, "tiny-huozi", "q4_0", chosen)
-    backend = load_local_engine(choice)
-    app = create_app(settings=chosen, paths=paths, backend=backend, model_info=choice.info(backend))
-    return app, choice
+    planned, loaded = load_tiny(model_file, chosen)
+    info = loaded.info(planned)
+    app = create_app(settings=chosen, paths=paths, backend=loaded.backend, model_info=info)
+    return app, planned
 
 
 def _chat(app: HuoziApp) -> ChatScreen:

@@ -17,15 +17,16 @@ from textual.command import CommandList, CommandPalette
 from textual.message import Message
 from textual.notifications import Notify
 from textual.widgets import Input, Select
-from tui_helpers import chat_ready, wait_for
+from tui_helpers import chat_ready, load_tiny, wait_for
 
-from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.fetch.model_folder import family_model_path
+from huozi_local.core.loading.load import PlannedLoad
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.progress import ProgressCallback
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.model_choice import ModelChoice, choice_for, load_local_engine
+from huozi_local.tui.model_choice import LoadedBackend, load_local
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.loading import LoadFinished
 from huozi_local.tui.screens.settings import SettingsScreen
@@ -46,7 +47,7 @@ class Heard:
     def __call__(self, message: Message) -> None:
         if isinstance(message, Notify):
             self.notices.append(message.notification.message)
-        elif isinstance(message, LoadFinished) and message.backend is not None:
+        elif isinstance(message, LoadFinished) and message.loaded is not None:
             self._count_load(message)
 
     def _count_load(self, message: LoadFinished) -> None:
@@ -65,9 +66,8 @@ class Heard:
 
 def _app_with_engine(model_file: Path, **settings: object) -> HuoziApp:
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, **settings)  # type: ignore[arg-type]
-    choice = choice_for(model_file, "tiny-huozi", "q4_0", chosen)
-    backend = load_local_engine(choice)
-    return create_app(settings=chosen, backend=backend, model_info=choice.info(backend))
+    planned, loaded = load_tiny(model_file, chosen)
+    return create_app(settings=chosen, backend=loaded.backend, model_info=loaded.info(planned))
 
 
 def _chat(app: HuoziApp) -> ChatScreen:
@@ -201,10 +201,13 @@ async def test_switching_model_in_settings_reloads_and_is_saved(
     loaded: list[Path] = []
 
     def recording_loader(
-        choice: ModelChoice, progress: ProgressCallback | None, cancel: threading.Event | None
-    ) -> ChatBackend:
-        loaded.append(choice.path.resolve())
-        return load_local_engine(choice, progress, cancel)
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        loaded.append(planned.model.path.resolve())
+        return load_local(planned, machine, progress, cancel)
 
     heard = Heard()
     settings = Settings(model="huozi3:q4_0", n_ctx=1024, n_gpu_layers=0, temperature=0.0)
@@ -314,9 +317,9 @@ async def test_locked_database_keeps_the_reply_on_screen_and_says_once_it_was_no
     paths = Paths.from_env()
     store = ConversationStore.open(paths.database_file, busy_timeout_s=0.05)
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, max_tokens=100_000)
-    choice = choice_for(tiny_models.get("merged", "q4_0", rig="loop"), "tiny", "q4_0", chosen)
-    backend = load_local_engine(choice)
-    app = create_app(settings=chosen, store=store, backend=backend, model_info=choice.info(backend))
+    planned, loaded = load_tiny(tiny_models.get("merged", "q4_0", rig="loop"), chosen, label="tiny")
+    info = loaded.info(planned)
+    app = create_app(settings=chosen, store=store, backend=loaded.backend, model_info=info)
     heard = Heard()
     async with app.run_test(size=(110, 30), message_hook=heard) as pilot:
         screen = _chat(app)
@@ -378,3 +381,55 @@ async def test_the_model_starts_on_the_prompt_before_the_screen_lays_out_the_rep
         # and the text still reached the views mounted after the model started
         replies = [v for v in screen.message_views() if v.role == "assistant"]
         assert len(replies) == 1 and RIG_TEXT in replies[0].text
+
+
+@pytest.mark.slow
+async def test_changing_moe_layers_in_ram_reloads_the_model_with_them(
+    huozi_home: Path, tiny_models: TinyModels
+) -> None:
+    """The reload check used to compare the model, n_ctx and n_gpu_layers only: a new cpu_moe
+    was saved while the model stayed loaded with its experts where they were."""
+    from huozi_local.tui.options import AppOptions
+
+    paths = Paths.from_env()
+    installed = family_model_path(paths, "huozi3", "q4_0")
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.symlink_to(tiny_models.get("merged", "q4_0", rig="chat"))
+    plans: list[tuple[int, int]] = []
+
+    def recording_loader(
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        loaded = load_local(planned, machine, progress, cancel)
+        plans.append((loaded.plan.n_gpu_layers, loaded.plan.n_cpu_moe))
+        return loaded
+
+    gpu = AppOptions(machine_probe=lambda: Machine.synthetic("cuda", 8 * 1024**3, 32 * 1024**3))
+    settings = Settings(model="huozi3:q4_0", n_ctx=1024, temperature=0.0)
+    app = create_app(settings=settings, loader=recording_loader, options=gpu)
+    async with app.run_test(size=(110, 50)) as pilot:
+        await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
+        first = app.screen
+        assert plans == [(5, 0)]  # all 4 layers and the output on the GPU, no experts in RAM
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+        app.screen.query_one("#cpu_moe", Input).value = "2"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(
+            pilot, lambda: chat_ready(app) and app.screen is not first, "the reloaded chat"
+        )
+        assert plans == [(5, 0), (5, 2)]
+        assert Settings.load(paths.config_file).cpu_moe == 2
+        # Saving again with nothing that changes the load keeps the model as it is.
+        second = app.screen
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+        app.screen.query_one("#temperature", Input).value = "0.5"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is second, "the same chat")
+        assert plans == [(5, 0), (5, 2)]

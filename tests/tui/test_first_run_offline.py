@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Button, Input, Label, ProgressBar
-from tui_helpers import chat_ready, wait_for
+from tui_helpers import chat_ready, load_tiny, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -259,17 +259,23 @@ async def test_an_unexpected_error_in_the_download_is_shown_logged_and_retried(
 async def test_a_loader_that_raises_is_shown_and_retry_loads(
     huozi_home: Path, tiny_models: TinyModels
 ) -> None:
+    from huozi_local.core.loading.load import PlannedLoad
     from huozi_local.core.progress import ProgressCallback
-    from huozi_local.tui.model_choice import ModelChoice, load_local_engine
+    from huozi_local.tui.model_choice import LoadedBackend, load_local
 
     model = tiny_models.get("merged", "q4_0", rig="chat")
     attempts: list[str] = []
 
-    def flaky_loader(choice: ModelChoice, progress: ProgressCallback | None, cancel: object):  # type: ignore[no-untyped-def]
-        attempts.append(choice.label)
+    def flaky_loader(
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        attempts.append(planned.label)
         if len(attempts) == 1:
             raise RuntimeError("llama_decode returned -3")
-        return load_local_engine(choice, progress, cancel)  # type: ignore[arg-type]
+        return load_local(planned, machine, progress, cancel)
 
     settings = Settings(model=str(model), temperature=0.0)
     app = create_app(
@@ -291,19 +297,23 @@ async def test_retry_after_a_model_would_not_load_loads_that_model_again(
     """A `--model FILE` (or a model chosen in settings) that fails with a reason: the setup
     screen shows it, and its Retry loads that model again, not the recommended download."""
     from huozi_local.core.errors import HuoziError
+    from huozi_local.core.loading.load import PlannedLoad
     from huozi_local.core.progress import ProgressCallback
-    from huozi_local.tui.model_choice import ModelChoice, load_local_engine
+    from huozi_local.tui.model_choice import LoadedBackend, load_local
 
     model = tiny_models.get("merged", "q4_0", rig="chat")
     attempts: list[Path] = []
 
     def short_of_memory_once(
-        choice: ModelChoice, progress: ProgressCallback | None, cancel: threading.Event | None
-    ) -> ChatBackend:
-        attempts.append(choice.path)
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        attempts.append(planned.model.path)
         if len(attempts) == 1:
             raise HuoziError("the model needs 30 GB of memory, 12 GB are free")
-        return load_local_engine(choice, progress, cancel)
+        return load_local(planned, machine, progress, cancel)
 
     hub = FakeHub()  # reachable and empty: a Retry that downloaded would fail here
     with running_hub(hub):
@@ -368,19 +378,21 @@ class BrokenOnce:
             raise KeyError("token 57001")
         return self.engine.stream_reply(messages, sampling, cancel)
 
+    def close(self) -> None:
+        self.engine.close()
+
 
 @pytest.mark.slow
 async def test_a_reply_that_dies_is_shown_and_retry_answers(
     huozi_home: Path, tiny_models: TinyModels
 ) -> None:
     from huozi_local.tui.failures import WorkerFailed
-    from huozi_local.tui.model_choice import choice_for, load_local_engine
 
     settings = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0)
     model = tiny_models.get("merged", "q4_0", rig="chat")
-    choice = choice_for(model, "tiny-huozi", "q4_0", settings, machine=gaming_gpu())
-    backend = BrokenOnce(load_local_engine(choice))
-    app = create_app(settings=settings, backend=backend, model_info=choice.info(backend))
+    planned, loaded = load_tiny(model, settings, machine=gaming_gpu())
+    backend = BrokenOnce(loaded.backend)
+    app = create_app(settings=settings, backend=backend, model_info=loaded.info(planned))
     async with app.run_test(size=(110, 50)) as pilot:
         await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
         chat = app.screen

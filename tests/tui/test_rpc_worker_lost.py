@@ -1,8 +1,8 @@
 """The chat app on an RPC worker's device, and that worker going away in the middle of a reply.
 
 Runs in a child process: ggml's device registry cannot forget a worker, and this one is killed.
-The child starts the worker, plans and loads through the app's own path (choice_for with the
-machine that now lists the worker, load_local_engine with its measured fit), drives the app with
+The child starts the worker, plans and loads through the app's own path (plan_file with the
+machine that now lists the worker, load_local with its measured fit), drives the app with
 Pilot, and prints what it saw.
 """
 
@@ -33,7 +33,7 @@ from huozi_local.core.planning.build_info import probe_build
 from huozi_local.core.planning.hardware import GiB, Machine, rpc_gpus
 from huozi_local.testing.rpc_worker import RpcWorker
 from huozi_local.tui.app import create_app
-from huozi_local.tui.model_choice import choice_for, load_local_engine
+from huozi_local.tui.model_choice import load_local, plan_file
 from huozi_local.tui.widgets.chat_input import ChatInput
 
 async def main():
@@ -44,11 +44,13 @@ async def main():
         build = probe_build()  # the real build (it must reach the worker); no local GPU counted
         machine = replace(Machine.synthetic("cpu", 0, 24 * GiB, cores=2), build=build,
                           gpus=tuple(rpc_gpus(build)))
-        choice = choice_for(Path(model), "tiny-huozi", "q4_0", settings, machine)
-        seen["plan"] = [choice.plan.backend, choice.plan.n_gpu_layers, choice.plan.n_layers]
-        backend = load_local_engine(choice)
-        app = create_app(settings=settings, paths=Paths.from_env(), backend=backend,
-                         model_info=choice.info(backend))
+        planned = plan_file(Path(model), label="tiny-huozi", quant="q4_0", spec=model,
+                            settings=settings, machine=machine)
+        plan = planned.plan
+        seen["plan"] = [plan.backend, plan.n_gpu_layers, plan.n_layers]
+        loaded = load_local(planned, machine)
+        app = create_app(settings=settings, paths=Paths.from_env(), backend=loaded.backend,
+                         model_info=loaded.info(planned))
         async with app.run_test(size=(100, 30), notifications=True) as pilot:
             screen = app.screen
 

@@ -10,7 +10,10 @@ from tui_helpers import wait_for
 
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.fetch.sources import download_args
+from huozi_local.core.planning.hardware import GiB, Machine
 from huozi_local.tui.screens.settings import SettingsScreen
+
+TEST_MACHINE = Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
 
 
 class SettingsHost(App[None]):
@@ -21,7 +24,8 @@ class SettingsHost(App[None]):
         self.results: list[Settings | None] = []
 
     def on_mount(self) -> None:
-        self.push_screen(SettingsScreen(self.settings, self.paths, None), self.results.append)
+        screen = SettingsScreen(self.settings, self.paths, None, TEST_MACHINE)
+        self.push_screen(screen, self.results.append)
 
 
 async def test_source_and_mirror_are_edited_and_checked(huozi_home: Path) -> None:

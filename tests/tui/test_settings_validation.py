@@ -10,7 +10,10 @@ from textual.widgets import Input, Static
 from tui_helpers import wait_for
 
 from huozi_local.core.config import Paths, Settings
+from huozi_local.core.planning.hardware import GiB, Machine
 from huozi_local.tui.screens.settings import SettingsScreen
+
+TEST_MACHINE = Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
 
 
 class SettingsHost(App[None]):
@@ -20,7 +23,7 @@ class SettingsHost(App[None]):
         self.results: list[Settings | None] = []
 
     def on_mount(self) -> None:
-        screen = SettingsScreen(Settings(model="huozi3:q2_k"), self.paths, None)
+        screen = SettingsScreen(Settings(model="huozi3:q2_k"), self.paths, None, TEST_MACHINE)
         self.push_screen(screen, self.results.append)
 
 

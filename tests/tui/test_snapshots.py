@@ -22,7 +22,7 @@ from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.model_choice import choice_for, load_local_engine
+from huozi_local.tui.model_choice import load_local, plan_file
 from huozi_local.tui.options import AppOptions
 from huozi_local.tui.session import ModelInfo
 
@@ -91,7 +91,11 @@ def chat_app(paths: Paths, tiny_models: TinyModels) -> HuoziApp:
     store.add_message(current.id, "assistant", ANSWER, meta={**meta, "tokens_per_s": 21.5})
     model = tiny_models.get("merged", "q4_0", rig="chat")
     settings = Settings(n_ctx=2048, n_gpu_layers=0)
-    backend = load_local_engine(choice_for(model, "huozi3", "q2_k", settings))
+    machine = Machine.synthetic("cpu", 0, 24 * GIB, cores=2)
+    planned = plan_file(
+        model, label="huozi3", quant="q2_k", spec="huozi3:q2_k", settings=settings, machine=machine
+    )
+    backend = load_local(planned, machine).backend
     info = ModelInfo("huozi3", "q2_k", 16, 2048)
     return create_app(
         settings=settings,

@@ -115,7 +115,10 @@ def test_status_text_says_model_quant_layers_context_and_speed() -> None:
     )
     busy = status_text(model, ReplyStats(1234, 18.26), "生成中")
     assert busy == "huozi3 │ q2_k │ GPU layers 16 │ ctx 1234/4096 │ 18.3 tok/s │ 生成中"
-    assert "GPU layers all" in status_text(ModelInfo("m", n_gpu_layers=-1), ReplyStats())
+    moe = ModelInfo("huozi3", "q4_0", 33, 8192, n_cpu_moe=20)
+    assert "│ GPU layers 33 (experts of 20 in RAM) │" in status_text(moe, ReplyStats())
+    remote = ModelInfo("huozi3:q4_0", n_ctx=4096, location="remote")
+    assert status_text(remote, ReplyStats()).startswith("huozi3:q4_0 │ remote │ ctx 0/4096")
     assert StatusBar is not None
 
 
@@ -207,7 +210,7 @@ async def test_settings_estimate_follows_moe_layers_in_ram_and_save_persists(
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
         estimate = app.screen.query_one("#estimate", Static)
         moe = app.screen.query_one("#cpu_moe", Input)
-        assert moe.value == "-1" and "in RAM)" not in str(estimate.render())
+        assert moe.value == "auto" and "in RAM)" not in str(estimate.render())
         before = str(estimate.render())
         moe.value = "1"
         await pilot.pause()

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from textual.app import App
 from textual.pilot import Pilot
+
+from huozi_local.core.config import Settings
+from huozi_local.core.planning.hardware import GiB, Machine
+
+if TYPE_CHECKING:
+    from huozi_local.core.loading.load import PlannedLoad
+    from huozi_local.tui.model_choice import LoadedBackend
 
 MAX_STEPS = 2000
 Result = TypeVar("Result")
@@ -27,3 +35,23 @@ def chat_ready(app: App[Result]) -> bool:
 
     screen = app.screen
     return isinstance(screen, ChatScreen) and bool(screen.query("#prompt"))
+
+
+def load_tiny(
+    model_file: Path,
+    settings: Settings,
+    *,
+    label: str = "tiny-huozi",
+    quant: str = "q4_0",
+    machine: Machine | None = None,
+) -> tuple[PlannedLoad, LoadedBackend]:
+    """A tiny model planned and loaded the way the app loads one (core.loading), on the machine
+    tests plan for unless another is given."""
+    from huozi_local.tui.model_choice import load_local, plan_file
+
+    machine = machine or Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
+    planned = plan_file(
+        model_file, label=label, quant=quant, spec=str(model_file), settings=settings,
+        machine=machine,
+    )  # fmt: skip
+    return planned, load_local(planned, machine)

@@ -17,12 +17,14 @@ from textual.containers import Center, Middle
 from textual.message import Message
 from textual.widgets import Label, ProgressBar
 
-from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.errors import Cancelled, HuoziError
+from huozi_local.core.loading.load import PlannedLoad
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.progress import Progress
-from huozi_local.tui.failures import RecoveringScreen
+from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import BackendLoaded, SetupRequested
-from huozi_local.tui.model_choice import BackendLoader, ModelChoice
+from huozi_local.tui.model_choice import BackendLoader, LoadedBackend
+from huozi_local.tui.remedies import app_wording
 
 
 class LoadProgress(Message):
@@ -32,9 +34,9 @@ class LoadProgress(Message):
 
 
 class LoadFinished(Message):
-    def __init__(self, backend: ChatBackend | None, error: str = "") -> None:
+    def __init__(self, loaded: LoadedBackend | None, error: str = "") -> None:
         super().__init__()
-        self.backend = backend
+        self.loaded = loaded
         self.error = error
 
 
@@ -45,23 +47,34 @@ class LoadingScreen(RecoveringScreen):
     LoadingScreen ProgressBar { margin: 1 0; }
     """
 
-    def __init__(self, choice: ModelChoice, loader: BackendLoader) -> None:
+    def __init__(self, planned: PlannedLoad, loader: BackendLoader, machine: Machine) -> None:
         super().__init__()
-        self.choice = choice
+        self.planned = planned
         self.loader = loader
+        self.machine = machine
         self.cancel_event = threading.Event()
 
     def compose(self) -> ComposeResult:
         with Middle():
             with Center():
-                yield Label(f"正在加载模型 Loading {self.choice.label}", id="loading-title")
+                yield Label(f"正在加载模型 Loading {self.planned.label}", id="loading-title")
             with Center():
                 yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
             with Center():
                 yield Label("", id="load-detail")
 
     def on_mount(self) -> None:
-        self.load()
+        self.start_load()
+
+    def start_load(self) -> None:
+        self.cancel_event = threading.Event()
+        self.query_one(ProgressBar).update(progress=0)
+        recovery = Recovery(
+            f"loading {self.planned.label}",
+            retry=self.start_load,
+            back=lambda: self.post_message(SetupRequested()),
+        )
+        self.recover(self.load(), recovery)
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def load(self) -> None:
@@ -69,14 +82,14 @@ class LoadingScreen(RecoveringScreen):
             self.post_message(LoadProgress(progress))
 
         try:
-            backend = self.loader(self.choice, report, self.cancel_event)
+            loaded = self.loader(self.planned, self.machine, report, self.cancel_event)
         except Cancelled:
             self.post_message(LoadFinished(None, "cancelled"))
             return
         except HuoziError as exc:
-            self.post_message(LoadFinished(None, str(exc)))
+            self.post_message(LoadFinished(None, app_wording(exc)))
             return
-        self.post_message(LoadFinished(backend))
+        self.post_message(LoadFinished(loaded))
 
     def on_load_progress(self, message: LoadProgress) -> None:
         fraction = message.progress.fraction
@@ -86,23 +99,12 @@ class LoadingScreen(RecoveringScreen):
             self.query_one("#load-detail", Label).update(message.progress.message)
 
     def on_load_finished(self, message: LoadFinished) -> None:
-        if message.backend is not None:
-            self.post_message(BackendLoaded(message.backend, self.choice.info(message.backend)))
+        if message.loaded is not None:
+            self.post_message(BackendLoaded(self.planned, message.loaded))
         elif message.error == "cancelled":
             self.post_message(SetupRequested())
         else:
-            self.post_message(SetupRequested(message.error, failed=self.choice))
+            self.post_message(SetupRequested(message.error, failed=self.planned))
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
-
-    def describe_worker(self, name: str) -> str:
-        return f"loading {self.choice.label}"
-
-    def retry_worker(self, name: str) -> None:
-        self.cancel_event = threading.Event()
-        self.query_one(ProgressBar).update(progress=0)
-        self.load()
-
-    def back_from_failure(self, name: str) -> None:
-        self.post_message(SetupRequested())

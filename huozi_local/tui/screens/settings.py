@@ -18,9 +18,10 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from huozi_local.core.config import Paths, Settings
+from huozi_local.core.config import AUTO, Paths, Settings, check_setting
 from huozi_local.core.errors import HuoziError
-from huozi_local.tui.options import MachineProbe
+from huozi_local.core.loading.inputs import LoadOverrides, overrides_after_edit
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.tui.session import ModelInfo
 from huozi_local.tui.setup_plan import memory_estimate_text
 
@@ -29,10 +30,23 @@ NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("top_p", "Top-p", float),
     ("repeat_penalty", "重复惩罚 Repeat penalty", float),
     ("max_tokens", "最大生成长度 Max tokens", int),
-    ("n_ctx", "上下文长度 Context length (0 = automatic)", int),
-    ("n_gpu_layers", "GPU 层数 GPU layers (-1 = automatic)", int),
-    ("cpu_moe", "专家留在内存的层数 MoE layers with experts in RAM (-1 = automatic)", int),
+    ("n_ctx", "上下文长度 Context length (auto = planned)", int),
+    ("n_gpu_layers", "GPU 层数 GPU layers (auto = planned, all = every layer)", int),
+    ("cpu_moe", "专家留在内存的层数 MoE layers with experts in RAM (auto = planned)", int),
 )
+AUTO_FIELDS = frozenset({"n_ctx", "n_gpu_layers", "cpu_moe"})
+"""Fields that may say "auto" (and n_gpu_layers "all"), as config.toml does."""
+
+
+def _shown(name: str, value: object) -> str:
+    return AUTO if value is None and name in AUTO_FIELDS else str(value)
+
+
+def _parsed(name: str, kind: type[int] | type[float], raw: str) -> object:
+    """The typed text as the setting holds it; words go to check_setting, which knows them."""
+    if name in AUTO_FIELDS and (not raw or raw.isalpha()):
+        return raw.lower() or AUTO
+    return kind(raw)
 
 
 SOURCE_CHOICES: list[tuple[str, str]] = [
@@ -53,10 +67,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
         settings: Settings,
         paths: Paths,
         model: ModelInfo | None,
-        machine_probe: MachineProbe | None = None,
+        machine: Machine,
+        overrides: LoadOverrides | None = None,
     ) -> None:
         super().__init__()
-        self.machine_probe = machine_probe
+        self.machine = machine
+        self.overrides = overrides or LoadOverrides()
         self.settings = settings
         self.paths = paths
         self.model = model
@@ -75,7 +91,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
             yield TextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
             for name, title, _kind in NUMBER_FIELDS:
                 yield Label(title)
-                yield Input(str(getattr(self.settings, name)), id=name)
+                yield Input(_shown(name, getattr(self.settings, name)), id=name)
             yield Label("模型 Model / quant")
             yield Select(
                 models,
@@ -102,11 +118,11 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self._update_estimate()
 
     def _read(self) -> Settings | None:
-        numbers: dict[str, float] = {}
+        numbers: dict[str, object] = {}
         for name, title, kind in NUMBER_FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             try:
-                numbers[name] = kind(raw)
+                numbers[name] = _parsed(name, kind, raw)
             except ValueError:
                 message = f"{title}: '{raw}' is not a number"
                 self.query_one("#estimate", Static).update(Content(message))
@@ -125,9 +141,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
             download_source=source if isinstance(source, str) else "",
             mirror_endpoint=mirror,
         )
-        for name, value in numbers.items():
-            setattr(changed, name, value)
         try:
+            for name, value in numbers.items():
+                setattr(changed, name, check_setting(name, value))
             return changed.validate()  # the same ranges config.toml is held to
         except HuoziError as exc:
             self.query_one("#estimate", Static).update(Content(str(exc)))
@@ -138,9 +154,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def _update_estimate(self) -> None:
         changed = self._read()
         if changed is not None:
-            machine = self.machine_probe() if self.machine_probe is not None else None
-            estimate = memory_estimate_text(changed, self.paths, machine)
-            self.query_one("#estimate", Static).update(estimate)
+            overrides = overrides_after_edit(self.overrides, self.settings, changed)
+            estimate = memory_estimate_text(changed, self.paths, self.machine, overrides)
+            self.query_one("#estimate", Static).update(Content(estimate))
 
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:

@@ -37,11 +37,14 @@ from textual.widgets.option_list import Option
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
+from huozi_local.core.loading.load import PlannedLoad
+from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.progress import Progress, Stage
-from huozi_local.tui.failures import RecoveringScreen
+from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import LoadRequested, ModelDownloaded
-from huozi_local.tui.model_choice import ModelChoice, choice_for
+from huozi_local.tui.model_choice import plan_file
 from huozi_local.tui.options import AppOptions
+from huozi_local.tui.remedies import app_wording
 from huozi_local.tui.screens.setup_messages import (
     ModelOnDisk,
     ProbesFinished,
@@ -94,15 +97,18 @@ class SetupScreen(RecoveringScreen):
         paths: Paths,
         settings: Settings,
         options: AppOptions,
+        machine: Machine,
         error: str = "",
-        failed_load: ModelChoice | None = None,
+        failed_load: PlannedLoad | None = None,
     ) -> None:
         super().__init__()
         self.paths = paths
         self.settings = settings
+        """The saved settings, read here and never changed: the app saves what setup chose."""
         self.options = options
+        self.machine = machine
         self.report: SetupReport = build_setup_report(
-            options.family, paths, settings, options.machine(), disk_probe=options.disk_probe
+            options.family, paths, settings, machine, disk_probe=options.disk_probe
         )
         self.sources = options.download_sources(settings.mirror_endpoint)
         self.cancel_event: threading.Event | None = None
@@ -155,7 +161,7 @@ class SetupScreen(RecoveringScreen):
             quants.highlighted = quants.get_option_index(recommended.quant)
         self.query_one(ProgressBar).display = False
         self.query_one("#start", Button).focus()
-        self.probe()
+        self.start_probes()
         if self.initial_error:
             self._show_failure(self.initial_error)
 
@@ -163,6 +169,12 @@ class SetupScreen(RecoveringScreen):
         self.probe_cancel.set()
 
     # -- which source --------------------------------------------------------------------------
+
+    def start_probes(self) -> None:
+        self.probes_done = False
+        # A probe that dies: whatever answered counts, the rest stay "checking".
+        recovery = Recovery(WORKER_NAMES["probe"], self.start_probes, crashed=self._probes_in)
+        self.recover(self.probe(), recovery)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def probe(self) -> None:
@@ -184,12 +196,6 @@ class SetupScreen(RecoveringScreen):
         if self.start_pending:
             self.start_pending = False
             self.start()
-
-    def _remember_source(self, source: DownloadSource) -> None:
-        """Saved with the model once it is ready, and used by `huozi-local download` too."""
-        self.settings.download_source = source.kind.value
-        if source.kind is SourceKind.MIRROR:
-            self.settings.mirror_endpoint = source.endpoint
 
     # -- which quant ---------------------------------------------------------------------------
 
@@ -221,10 +227,10 @@ class SetupScreen(RecoveringScreen):
             self.query_one("#stage", Label).update(CHECKING_SOURCES)
             return
         source = self.query_one(SourcePicker).selected or self.sources[0]
-        self._remember_source(source)
         self._begin("download", f"{STAGE_LABELS['download']} {option.spec} ← {source.label}")
         assert self.cancel_event is not None
-        self.download(option, source, self.cancel_event)
+        worker = self.download(option, source, self.cancel_event)
+        self.recover(worker, Recovery(WORKER_NAMES["download"], self.start, self._work_crashed))
 
     @work(thread=True, exclusive=True, group="work", exit_on_error=False)
     def download(
@@ -245,9 +251,11 @@ class SetupScreen(RecoveringScreen):
             self.post_message(WorkFailed(f"cancelled: {exc}", paused=True))
             return
         except HuoziError as exc:
-            self.post_message(WorkFailed(str(exc)))
+            self.post_message(WorkFailed(app_wording(exc)))
             return
-        self.post_message(ModelOnDisk(result.path, option.spec, option.family, option.quant))
+        self.post_message(
+            ModelOnDisk(result.path, option.spec, option.family, option.quant, source)
+        )
 
     def _report(self, progress: Progress) -> None:
         self.post_message(SetupProgress(progress))
@@ -266,7 +274,9 @@ class SetupScreen(RecoveringScreen):
             return
         self._begin("import", f"导入 Importing {text}")
         assert self.cancel_event is not None
-        self.import_file(Path(text).expanduser(), self.cancel_event)
+        worker = self.import_file(Path(text).expanduser(), self.cancel_event)
+        recovery = Recovery(WORKER_NAMES["import_file"], self.start_import, self._work_crashed)
+        self.recover(worker, recovery)
 
     @work(thread=True, exclusive=True, group="work", exit_on_error=False)
     def import_file(self, path: Path, cancel: threading.Event) -> None:
@@ -278,7 +288,7 @@ class SetupScreen(RecoveringScreen):
             self.post_message(WorkFailed("import cancelled: nothing was added", paused=True))
             return
         except HuoziError as exc:
-            self.post_message(WorkFailed(str(exc)))
+            self.post_message(WorkFailed(app_wording(exc)))
             return
         identity = result.identity
         label = identity.family or result.path.name
@@ -297,17 +307,18 @@ class SetupScreen(RecoveringScreen):
     def on_model_on_disk(self, message: ModelOnDisk) -> None:
         self._end()
         try:
-            choice = choice_for(
+            planned = plan_file(
                 message.path,
-                message.label,
-                message.quant,
-                self.settings,
-                machine=self.options.machine(),
+                label=message.label,
+                quant=message.quant,
+                spec=message.spec,
+                settings=self.settings,
+                machine=self.machine,
             )
         except HuoziError as exc:
-            self._show_failure(str(exc))
+            self._show_failure(app_wording(exc))
             return
-        self.post_message(ModelDownloaded(choice, message.spec))
+        self.post_message(ModelDownloaded(planned, message.source))
 
     def on_work_failed(self, message: WorkFailed) -> None:
         self._end()
@@ -335,7 +346,10 @@ class SetupScreen(RecoveringScreen):
             if self.last_work == "load" and self.failed_load is not None:
                 self.post_message(LoadRequested(self.failed_load))
                 return
-            self.retry_worker("import_file" if self.last_work == "import" else "download")
+            if self.last_work == "import":
+                self.start_import()
+            else:
+                self.start()
         elif message.action == "source":
             self.query_one(RadioSet).focus()
         elif message.action == "file":
@@ -370,27 +384,11 @@ class SetupScreen(RecoveringScreen):
             self.start_pending = False
             self.query_one("#stage", Label).update("")
 
-    # -- a worker that died of something unexpected (RecoveringScreen) ---------------------------
-
-    def describe_worker(self, name: str) -> str:
-        return WORKER_NAMES.get(name, name)
-
-    def worker_crashed(self, name: str) -> None:
-        if name == "probe":
-            self._probes_in()  # whatever answered counts; the rest stay "checking"
-            return
+    def _work_crashed(self) -> None:
+        """A download or import died of something unexpected: controls back, marked failed."""
         self._end()
         self.query_one(ProgressBar).display = False
         self.query_one("#stage", Label).update("失败 Failed")
-
-    def retry_worker(self, name: str) -> None:
-        if name == "probe":
-            self.probes_done = False
-            self.probe()
-        elif name == "import_file":
-            self.start_import()
-        else:
-            self.start()
 
 
 def _saved_kind(text: str) -> SourceKind | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from huozi_local.core.fetch.sources import ProbeResult
+from huozi_local.core.fetch.sources import DownloadSource, ProbeResult
 from huozi_local.core.progress import Progress
 
 
@@ -19,12 +19,21 @@ class SetupProgress(Message):
 class ModelOnDisk(Message):
     """A download or an import finished: this file is ready to load."""
 
-    def __init__(self, path: Path, spec: str, label: str, quant: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: str,
+        label: str,
+        quant: str,
+        source: DownloadSource | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
         self.spec = spec
         self.label = label
         self.quant = quant
+        self.source = source
+        """Where it was downloaded from (None: imported)."""
 
 
 class WorkFailed(Message):

@@ -8,13 +8,14 @@ from huozi_local.tui.session import ModelInfo, ReplyStats
 
 
 def status_text(model: ModelInfo, stats: ReplyStats, state: str = "") -> str:
-    gpu = "all" if model.n_gpu_layers < 0 else str(model.n_gpu_layers)
     parts = [model.label]
     if model.location == "remote":
         parts.append("remote")
-    elif model.quant:
-        parts.append(model.quant)
-    parts.append(f"GPU layers {gpu}")
+    else:
+        if model.quant:
+            parts.append(model.quant)
+        experts = f" (experts of {model.n_cpu_moe} in RAM)" if model.n_cpu_moe else ""
+        parts.append(f"GPU layers {model.n_gpu_layers}{experts}")
     parts.append(f"ctx {stats.context_used}/{model.n_ctx}")
     parts.append(f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else "– tok/s")
     if state:

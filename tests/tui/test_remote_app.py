@@ -1,0 +1,85 @@
+"""The app with `--endpoint`: a remote OpenAI-compatible server (our own, on 127.0.0.1, over the
+real engine and the tiny 'chat' model), driven as a person would through the real screens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.widgets import TextArea
+from tui_helpers import chat_ready, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api_server import RunningServer, running_server
+
+from huozi_local.commands.app import _build
+from huozi_local.core.chat.engine import LlamaEngine
+from huozi_local.core.chat.loader import LoadOptions
+from huozi_local.core.chat.types import ChatMessage
+from huozi_local.core.config import Paths, Settings
+from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.tui.screens.chat import ChatScreen
+from huozi_local.tui.screens.settings import SettingsScreen
+from huozi_local.tui.widgets.chat_input import ChatInput
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chat_server(tiny_models: TinyModels) -> Iterator[RunningServer]:
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    engine = LlamaEngine.load(model, LoadOptions(n_ctx=512))
+    try:
+        with running_server(engine, model_id="huozi3:q4_0") as server:
+            yield server
+    finally:
+        engine.close()
+
+
+async def test_a_system_prompt_changed_in_settings_reaches_the_remote_server(
+    huozi_home: Path, chat_server: RunningServer
+) -> None:
+    """The remote backend kept the system prompt it was started with: after the person removed
+    it in the settings, every reply still went out with the old one."""
+    paths = Paths.from_env()
+    store = ConversationStore.open(paths.database_file)
+    args = argparse.Namespace(endpoint=chat_server.url, api_key=None, model=None, cpu_moe=None)
+    settings = Settings(system_prompt="你是旧的助手", temperature=0.0)
+    app = _build(args, paths, settings, store)
+    sent = chat_server.backend.conversations
+    async with app.run_test(size=(110, 50)) as pilot:
+        await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
+
+        async def say(text: str) -> None:
+            screen = app.screen
+            assert isinstance(screen, ChatScreen)
+            done = screen.replies_finished
+            prompt = screen.query_one(ChatInput)
+            prompt.focus()
+            prompt.insert(text)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.replies_finished == done + 1, f"a reply to {text}")
+
+        async def set_system_prompt(text: str) -> None:
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+            app.screen.query_one("#system_prompt", TextArea).text = text
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), "the chat again")
+
+        await say("你好")
+        assert sent[-1][0] == ChatMessage("system", "你是旧的助手")
+        await set_system_prompt("")
+        await say("再说一次")
+        assert all(m.role != "system" for m in sent[-1])
+        await set_system_prompt("你是新的助手")
+        await say("还在吗")
+        assert sent[-1][0] == ChatMessage("system", "你是新的助手")
+        assert [m.role for m in sent[-1]].count("system") == 1
+    store.close()

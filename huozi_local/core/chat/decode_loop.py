@@ -37,11 +37,12 @@ from huozi_local.core.chat.types import (
 
 
 def sampler_call(session: KvSession) -> Callable[[SamplerChain], int]:
-    """`sample(chain)` on the session's context, under its guard when it has one."""
-    ctx, guard = session.context, session.guard
+    """`sample(chain)` on the session's context (read at each call: a growing context is a new
+    one), under its guard when it has one."""
+    guard = session.guard
     if guard is None:
-        return lambda chain: chain.sample(ctx)
-    return lambda chain: int(guard(chain.sample, ctx))
+        return lambda chain: chain.sample(session.context)
+    return lambda chain: int(guard(chain.sample, session.context))
 
 
 def _timed_push(session: KvSession, token: int) -> float:
@@ -64,18 +65,20 @@ def decode_reply(
     started: float,
     dropped_messages: int = 0,
     on_finished: Callable[[str, list[int]], None] | None = None,
+    restored: int = 0,
 ) -> Iterator[ReplyEvent]:
     """TextDelta events (whole characters), then ReplyResult.
 
     `sampler` is a chain as new, built with the reply's settings and seed (the caller owns it).
     `started` is when the caller began working on the request, so time-to-first-token includes
     what it did before (fitting a conversation, tokenizing). `on_finished` gets the reply's text
-    and the exact ids generated for it, before ReplyResult is yielded.
+    and the exact ids generated for it, before ReplyResult is yielded. `restored`: how many
+    tokens the prompt cache put back into the session just before (reported, not evaluated).
     """
     kept = session.keep_prefix_of(prompt)
     completed = session.evaluate(prompt[kept:], cancel)
     evaluated = len(prompt) - kept if completed else 0
-    budget = min(options.max_tokens, session.n_ctx - len(prompt))
+    budget = min(options.max_tokens, session.capacity - len(prompt))
     stop_ids = stop_ids | frozenset(options.stop_token_ids)
     decoder = Utf8Stream(piece)
     stop_text = StopText(stop_texts)
@@ -128,6 +131,7 @@ def decode_reply(
         stop_reason=reason,
         prompt_tokens=len(prompt),
         evaluated_prompt_tokens=evaluated,
+        restored_prompt_tokens=min(restored, kept),
         completion_tokens=len(ids),
         ttft_s=ttft,
         tokens_per_s=rate,

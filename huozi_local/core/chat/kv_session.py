@@ -23,6 +23,7 @@ import numpy as np
 from huozi_local.core.errors import HuoziError
 
 Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
+Grow = Callable[[int], None]  # grow(tokens_needed): give the session a larger context
 WAIT_AVERAGING = 0.2  # weight of the newest token in the moving averages of the two waits
 
 _DECODE_ERRORS = {
@@ -36,18 +37,30 @@ class KvSession:
     """Sequence 0 of one llama.cpp context: what it holds, and how to add to it.
 
     `guard`, when given, runs each call that waits on the devices, `guard(function, *args)`
-    (the loader's `_guarded`: with RPC workers a lost worker must become `WorkerLost`, not a
+    (the model's `run_guarded`: with RPC workers a lost worker must become `WorkerLost`, not a
     hang); without one, calls go direct.
+
+    The context may be smaller than the conversation may grow (`capacity`): when the tokens
+    would not fit, `grow` is asked for a larger one, which it installs with `rebind` (the
+    cached tokens carried over through `save_state`/`load_state`).
     """
 
-    def __init__(self, ctx: Any, guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        guard: Guard | None = None,
+        *,
+        capacity: int | None = None,
+        grow: Grow | None = None,
+    ) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
-        self._ctx = ctx
         self._guard = guard
-        self._memory = llama_cpp.llama_get_memory(ctx)
-        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self._grow = grow
+        self._bind(ctx)
+        self.capacity = max(self.n_ctx, capacity or 0)
+        """The most tokens this session may hold: its context now, or what `grow` reaches."""
         self.n_batch = max(1, int(llama_cpp.llama_n_batch(ctx)))
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._batch: Any = batch
@@ -62,10 +75,59 @@ class KvSession:
         self._push_s = 0.0
         self._sample_s = 0.0
 
+    def _bind(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._memory = self._lib.llama_get_memory(ctx)
+        self.n_ctx = int(self._lib.llama_n_ctx(ctx))
+
     def close(self) -> None:
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
+
+    # -- moving the sequence: to a file, to a larger context ------------------------------------
+    def save_state(self) -> bytearray:
+        """Sequence 0's KV cache as llama.cpp serialises it (positions, K and V per layer).
+
+        Copied into one Python-owned buffer: restoring it, into this context or a larger one
+        of the same model and KV settings, gives back exactly the same cache.
+        """
+        size = int(self._lib.llama_state_seq_get_size(self._ctx, 0))
+        state = bytearray(size)
+        if size:
+            view = (ctypes.c_uint8 * size).from_buffer(state)
+            written = int(self._lib.llama_state_seq_get_data(self._ctx, view, size, 0))
+            del view
+            if written != size:
+                raise HuoziError(f"llama.cpp saved {written} of {size} bytes of the KV cache")
+        return state
+
+    def load_state(self, state: bytearray | memoryview, tokens: Sequence[int]) -> bool:
+        """Replace what the cache holds with `state`, which holds `tokens`; False (the cache
+        left empty) when llama.cpp refuses it (another model's, too large, damaged)."""
+        self.clear()
+        if len(tokens) > self.n_ctx and self._grow is not None and len(tokens) <= self.capacity:
+            self._grow(len(tokens))
+        if not len(state) or len(tokens) > self.n_ctx:
+            return False
+        view = (ctypes.c_uint8 * len(state)).from_buffer(state)
+        read = int(self._lib.llama_state_seq_set_data(self._ctx, view, len(state), 0))
+        del view
+        if read != len(state) or self._cached_positions() != len(tokens):
+            self.clear()
+            return False
+        self._tokens = list(tokens)
+        return True
+
+    def _cached_positions(self) -> int:
+        """How many positions sequence 0 holds, as llama.cpp counts them."""
+        highest = int(self._lib.llama_memory_seq_pos_max(self._memory, 0))
+        return highest + 1 if highest >= 0 else 0
+
+    def rebind(self, ctx: Any) -> None:
+        """Use `ctx` from now on (a larger context of the same model); it starts empty."""
+        self._bind(ctx)
+        self._tokens = []
 
     @property
     def guard(self) -> Guard | None:
@@ -90,6 +152,10 @@ class KvSession:
         self._lib.llama_memory_clear(self._memory, True)
         self._tokens.clear()
 
+    def reusable_prefix(self, prompt: Sequence[int]) -> int:
+        """How many tokens of `prompt` the cache could keep (never the whole prompt)."""
+        return common_prefix(self._tokens, prompt, min(len(self._tokens), len(prompt) - 1))
+
     def keep_prefix_of(self, prompt: Sequence[int]) -> int:
         """Keep the longest cached prefix of `prompt`, drop the rest; return how many were kept.
 
@@ -98,8 +164,7 @@ class KvSession:
         there, so a token the cache got but the record missed (an interrupt right after a
         decode) cannot linger.
         """
-        limit = min(len(self._tokens), len(prompt) - 1)
-        common = _common_prefix(self._tokens, prompt, limit)
+        common = self.reusable_prefix(prompt)
         if not self._lib.llama_memory_seq_rm(self._memory, 0, common, -1):
             self._lib.llama_memory_clear(self._memory, True)  # a cache that cannot be cut
             common = 0
@@ -112,6 +177,7 @@ class KvSession:
 
         Returns False, with the chunks so far kept, when `cancel` is set between chunks.
         """
+        self.make_room(self.n_cached + len(tokens))
         if self.n_cached + len(tokens) > self.n_ctx:
             raise HuoziError(
                 f"{self.n_cached + len(tokens)} tokens do not fit the context ({self.n_ctx})"
@@ -125,8 +191,15 @@ class KvSession:
             self._decode(chunk)
         return True
 
+    def make_room(self, n_tokens: int) -> None:
+        """Grow the context (when it can) so that it holds `n_tokens` in all."""
+        if n_tokens > self.n_ctx and self._grow is not None and self.n_ctx < self.capacity:
+            self._grow(min(n_tokens, self.capacity))
+
     def push(self, token: int) -> None:
         """Append one generated token (the per-token step: four stores and one C call)."""
+        if len(self._tokens) >= self.n_ctx:
+            self.make_room(len(self._tokens) + 1)
         self._token[0] = token
         self._pos[0] = len(self._tokens)
         self._logits[0] = 1
@@ -182,7 +255,7 @@ class KvSession:
         raise HuoziError(f"llama.cpp could not evaluate the tokens: {reason} (code {rc})")
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     """Length of the common prefix of a[:limit] and b[:limit] (slice compares run in C)."""
     if list(a[:limit]) == list(b[:limit]):
         return limit

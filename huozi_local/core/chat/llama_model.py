@@ -12,6 +12,7 @@ the engine reads `vocab`, `context` and `guard` here rather than `Llama`'s priva
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import llama_cpp
 
 from huozi_local.core.devices import ggml
-from huozi_local.core.errors import WorkerLost
+from huozi_local.core.errors import HuoziError, WorkerLost
 
 Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
 
@@ -63,6 +64,34 @@ class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
         if self._hooks.no_alloc:  # with use_mmap=False: llama.cpp maps nothing in a dry run
             params.no_alloc = True
         self._huozi_model_params = params
+
+    def replace_context(self, n_ctx: int) -> None:
+        """Make the context again with room for `n_ctx` tokens (empty: the caller restores what
+        it held). The old one, and its KV cache, is freed first, so the two never hold memory
+        at once; should the new size fail to allocate, the old size is made again and the
+        failure raised as HuoziError."""
+        from llama_cpp import _internals
+
+        old_n_ctx = int(self.context_params.n_ctx)
+        current: Any = getattr(self, "_ctx")  # noqa: B009 - Llama's attribute is untyped here
+        current.close()
+        self.context_params.n_ctx = n_ctx
+        try:
+            made = _internals.LlamaContext(
+                model=self._model, params=self.context_params, verbose=self.verbose
+            )
+        except ValueError:
+            self.context_params.n_ctx = old_n_ctx
+            self._ctx = self._stack.enter_context(
+                contextlib.closing(
+                    _internals.LlamaContext(
+                        model=self._model, params=self.context_params, verbose=self.verbose
+                    )
+                )
+            )
+            raise HuoziError(f"llama.cpp could not make a context of {n_ctx} tokens") from None
+        self._ctx = self._stack.enter_context(contextlib.closing(made))
+        self._n_ctx = self.n_ctx()
 
     @property
     def vocab(self) -> Any:

@@ -32,6 +32,9 @@ BAD_VALUES = [
     ("temperature = [0.2]", "temperature"),
     ("system_prompt = 3", "system_prompt"),
     ("n_ctx = true", "n_ctx"),
+    ("prompt_cache = 'yes'", "prompt_cache"),
+    ("prompt_cache_ram_mib = -5", "prompt_cache_ram_mib"),
+    ("prompt_cache_disk_mib = 'lots'", "prompt_cache_disk_mib"),
 ]
 
 

@@ -443,7 +443,7 @@ def test_the_context_computes_on_attached_threadpools_that_follow_thread_changes
     """As llama.cpp's own tools do: pools made once, not one per graph; resized, never smaller."""
     import llama_cpp
 
-    pools = chat_engine._threadpools
+    pools = chat_engine.threadpools
     assert pools is not None and pools._pools  # this build's CPU backend exposes the API
     ctx = chat_engine.llama.ctx
     question = [ChatMessage("user", QUESTIONS[0])]

@@ -103,6 +103,8 @@ _AUTO_SETTINGS: dict[str, tuple[str, ...]] = {
     "n_ctx": (AUTO,),
     "n_gpu_layers": (AUTO, ALL_LAYERS),
     "cpu_moe": (AUTO,),
+    "prompt_cache_ram_mib": (AUTO,),
+    "prompt_cache_disk_mib": (AUTO,),
 }
 """Settings that may be left to the planner, and the words each accepts besides a number."""
 
@@ -118,6 +120,8 @@ BOUNDS: dict[str, _Bounds] = {
     "n_ctx": _Bounds(MIN_CONTEXT, MAX_CONTEXT),
     "n_gpu_layers": _Bounds(0, 10_000),
     "cpu_moe": _Bounds(0, 10_000),
+    "prompt_cache_ram_mib": _Bounds(0, 10_000_000),
+    "prompt_cache_disk_mib": _Bounds(0, 100_000_000),
     "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
 }
 
@@ -146,6 +150,12 @@ class Settings:
     cpu_moe: int | None = None
     """MoE layers whose experts stay in RAM (0: none); None ("auto"): the planner's."""
     seed: int = -1
+    prompt_cache: bool = True
+    """Keep the KV states of conversations left, and restore them instead of evaluating."""
+    prompt_cache_ram_mib: int | None = None
+    """RAM for states of conversations left in this run; None ("auto"): from the plan's spare."""
+    prompt_cache_disk_mib: int | None = None
+    """Disk for states kept across runs; None ("auto"): a tenth of the free space, at most 20 GB."""
     download_source: str = ""
     """Where models download from: "hf", "mirror" or "modelscope"; "" until setup has probed."""
     mirror_endpoint: str = ""
@@ -251,7 +261,8 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 def _check_auto_setting(name: str, value: Any) -> int | str | None:
     words = _AUTO_SETTINGS[name]
-    if value is None or value == AUTO or (type(value) is int and value == _LEGACY_AUTO[name]):
+    legacy = _LEGACY_AUTO.get(name)
+    if value is None or value == AUTO or (type(value) is int and value == legacy):
         return None
     if isinstance(value, str) and value in words:
         return value

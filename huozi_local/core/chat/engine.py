@@ -16,20 +16,21 @@ prefix after the system message changes and the rest is evaluated again.
 
 from __future__ import annotations
 
-import ctypes
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huozi_local.core import huozi
 from huozi_local.core.chat.context_window import fit_to_context
 from huozi_local.core.chat.decode_loop import decode_reply
+from huozi_local.core.chat.growing_context import ContextGrowth
 from huozi_local.core.chat.kv_session import KvSession
-from huozi_local.core.chat.loader import LoadOptions, check_model_file, load_llama
-from huozi_local.core.chat.safe_tokenizer import SafeTokenizer
+from huozi_local.core.chat.loader import LoadOptions, check_model_file, load_llama, padded_n_ctx
+from huozi_local.core.chat.prompt_cache import PromptCache
 from huozi_local.core.chat.sampler_chain import ReusedChain
 from huozi_local.core.chat.template import (
     Segment,
@@ -39,9 +40,11 @@ from huozi_local.core.chat.template import (
 from huozi_local.core.chat.types import (
     ChatMessage,
     ContextTrimmed,
+    Notice,
     ReplyEvent,
     SamplingOptions,
 )
+from huozi_local.core.chat.vocabulary import Vocabulary
 from huozi_local.core.devices.threadpool import CpuThreadpools
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.gguf.header import GGUFFile
@@ -50,9 +53,8 @@ from huozi_local.core.progress import ProgressCallback
 if TYPE_CHECKING:
     from huozi_local.core.chat.llama_model import HuoziLlama
 
+log = logging.getLogger(__name__)
 REPLY_CACHE_SIZE = 256
-_ORDINARY_ATTRS = (1 << 0) | (1 << 2) | (1 << 5)  # LLAMA_TOKEN_ATTR_UNKNOWN | NORMAL | BYTE
-_SPECIAL_ATTRS = (1 << 3) | (1 << 4)  # CONTROL | USER_DEFINED: what llama.cpp may parse
 
 
 class LlamaEngine:
@@ -69,6 +71,8 @@ class LlamaEngine:
         gguf: GGUFFile,
         *,
         seed: int | None = None,
+        capacity: int | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self._llm = llm
         self._path = path
@@ -77,37 +81,21 @@ class LlamaEngine:
         self._seed = seed
         self._lock = threading.Lock()
         self._replies: OrderedDict[str, list[int]] = OrderedDict()
-        self._pieces: dict[int, bytes] = {}
-        self._vocab = llm.vocab
-        n_vocab = llm.n_vocab()
-        attrs = [int(_attr(self._vocab, i)) for i in range(n_vocab)]
-        unsafe = frozenset(i for i, a in enumerate(attrs) if not a & _ORDINARY_ATTRS)
-        special_texts = [
-            self._piece(i, special=True).decode("utf-8", "replace")
-            for i, a in enumerate(attrs)
-            if a & _SPECIAL_ATTRS
-        ]
-        byte_ids = {}
-        for i, text in enumerate(gguf.tokens[:n_vocab]):
-            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
-                byte_ids[int(text[3:5], 16)] = i
-        self._tokenizer = SafeTokenizer(
-            lambda data, special: llm.tokenize(data, add_bos=False, special=special),
-            unsafe,
-            special_texts,
-            byte_ids,
+        self._words = Vocabulary(llm, gguf)
+        self._tokenizer = self._words.tokenizer
+        self._stop_ids = self._words.stop_ids
+        self._add_bos = self._words.add_bos
+        self._bos_id = self._words.bos_id
+        self._growth = ContextGrowth(llm)
+        self._session = KvSession(
+            llm.context, llm.guard, capacity=padded_n_ctx(capacity or 0), grow=self._growth
         )
-        import llama_cpp
-
-        stops = {i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, i)}
-        if self._is_huozi:
-            stops.add(huozi.END_OF_UTTERANCE_ID)
-        self._stop_ids = frozenset(stops)
-        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        self._bos_id = llm.token_bos()
-        self._session = KvSession(llm.context, llm.guard)
-        self._chains = ReusedChain(n_vocab)
-        self._threadpools = CpuThreadpools.attach(llm.context)
+        self._growth.session = self._session
+        self._growth.threadpools = CpuThreadpools.attach(llm.context)
+        self._chains = ReusedChain(self._words.n_vocab)
+        self._cache = prompt_cache
+        if prompt_cache is not None:  # replies of earlier runs, to rebuild their prompts exactly
+            self.remember_replies(prompt_cache.replies.items())
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -118,10 +106,15 @@ class LlamaEngine:
         *,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        capacity: int | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> LlamaEngine:
         """Check the file's header, then load it (HuoziError in one line when it cannot be).
 
         `model`: a path, or the header a caller already read (a load parses the file once).
+        `capacity`: the largest context a conversation may grow to (the context starts at
+        `options.n_ctx` and doubles when it is full); `prompt_cache`: where states of earlier
+        prompts are kept and restored from.
         """
         options = options or LoadOptions()
         if isinstance(model, GGUFFile):
@@ -130,16 +123,30 @@ class LlamaEngine:
             model_path = Path(model).expanduser()
             gguf = check_model_file(model_path)
         llm = load_llama(model_path, options, progress=progress, cancel=cancel)
-        return cls(llm, model_path, gguf, seed=options.seed)
+        return cls(
+            llm,
+            model_path,
+            gguf,
+            seed=options.seed,
+            capacity=capacity,
+            prompt_cache=prompt_cache,
+        )
 
     def close(self) -> None:
         with self._lock:
+            if self._cache is not None:  # the conversation open now, for the next run
+                try:
+                    self._cache.persist(self._session, self._replies)
+                except HuoziError as exc:
+                    log.warning("prompt cache: not saved at close: %s", exc)
+                self._cache = None
             self._chains.close()
             self._session.close()
             self._llm.close()
-            if self._threadpools is not None:  # after the context that used them is gone
-                self._threadpools.close()
-                self._threadpools = None
+            pools = self._growth.threadpools
+            if pools is not None:  # after the context that used them is gone
+                pools.close()
+                self._growth.threadpools = None
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         """Decode with n_threads and evaluate prompts with n_threads_batch from now on.
@@ -149,9 +156,9 @@ class LlamaEngine:
         import llama_cpp
 
         with self._lock:
-            if self._threadpools is None or not self._threadpools.set_threads(
-                n_threads, n_threads_batch
-            ):
+            self._growth.threads = (n_threads, n_threads_batch)  # a grown context keeps them
+            pools = self._growth.threadpools
+            if pools is None or not pools.set_threads(n_threads, n_threads_batch):
                 llama_cpp.llama_set_n_threads(self._llm.ctx, n_threads, n_threads_batch)
 
     def clear_cache(self) -> None:
@@ -166,8 +173,32 @@ class LlamaEngine:
 
     @property
     def n_ctx(self) -> int:
-        """The context llama.cpp really allocated (it pads the requested size to 256)."""
+        """The context a conversation may use: what llama.cpp allocated (it pads the requested
+        size to 256), or the larger size it grows to when the conversation needs it."""
+        return self._session.capacity
+
+    @property
+    def allocated_n_ctx(self) -> int:
+        """The context llama.cpp holds memory for right now."""
         return self._session.n_ctx
+
+    @property
+    def growth_steps(self) -> int:
+        """How often the context was made larger (diagnostics, benchmarks)."""
+        return self._growth.steps
+
+    @property
+    def last_growth_seconds(self) -> float:
+        return self._growth.last_seconds
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        return self._cache
+
+    @property
+    def threadpools(self) -> CpuThreadpools | None:
+        """The CPU threadpools attached to the context (diagnostics and tests)."""
+        return self._growth.threadpools
 
     @property
     def is_huozi(self) -> bool:
@@ -199,8 +230,8 @@ class LlamaEngine:
         template = self._gguf.chat_template
         if not template:
             raise HuoziError(f"{self._path.name} has no chat template and is not a huozi model")
-        bos = self._token_text(self._bos_id)
-        eos = self._token_text(self._llm.token_eos())
+        bos = self._words.token_text(self._bos_id)
+        eos = self._words.token_text(self._words.eos_id)
         segments = render_jinja_segments(template, full, bos_token=bos, eos_token=eos)
         return segments
 
@@ -214,28 +245,11 @@ class LlamaEngine:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.fragment(text))
 
-    def _token_text(self, token_id: int) -> str:
-        return (
-            self._piece(token_id, special=True).decode("utf-8", "replace") if token_id >= 0 else ""
-        )
-
-    def _piece(self, token_id: int, special: bool = False) -> bytes:
-        import llama_cpp
-
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, size, 0, special)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n
-
-    def _reply_piece(self, token_id: int) -> bytes:
-        piece = self._pieces.get(token_id)
-        if piece is None:
-            piece = self._piece(token_id)
-            self._pieces[token_id] = piece
-        return piece
+    def remember_replies(self, replies: Iterable[tuple[str, list[int]]]) -> None:
+        """Use these exact ids for these reply texts when they come back in a history (replies
+        generated in an earlier run, kept with its saved KV state)."""
+        for text, ids in replies:
+            self._remember_reply(text, list(ids))
 
     def _remember_reply(self, text: str, ids: list[int]) -> None:
         if not text:
@@ -328,22 +342,37 @@ class LlamaEngine:
         on_finished: Callable[[str, list[int]], None] | None = None,
     ) -> Iterator[ReplyEvent]:
         stop_texts = (huozi.END_OF_UTTERANCE, *options.stop) if self._is_huozi else options.stop
+        restored = 0
+        if self._cache is not None:
+            restored = self._cache.prepare(self._session, prompt, self._replies)
+            for text in self._cache.take_notices():
+                yield Notice(text)
         yield from decode_reply(
             self._session,
             prompt,
             options,
             cancel,
+            restored=restored,
             sampler=self._chains.get(
                 options, options.seed if options.seed is not None else self._seed
             ),
             stop_ids=self._stop_ids,
             stop_texts=stop_texts,
-            piece=self._reply_piece,
+            piece=self._words.reply_piece,
             model=self.model_name,
             started=started,
             dropped_messages=dropped_messages,
             on_finished=on_finished,
         )
+
+    def last_logits(self) -> list[float]:
+        """The logits llama.cpp computed last: after a reply of one token, those of the
+        prompt's last token (tests compare a restored cache with an evaluated one by them)."""
+        import llama_cpp
+
+        with self._lock:
+            row = llama_cpp.llama_get_logits_ith(self._session.context, -1)
+            return [float(row[i]) for i in range(self._words.n_vocab)]
 
     @property
     def cached_tokens(self) -> list[int]:
@@ -351,11 +380,5 @@ class LlamaEngine:
         return self._session.cached_tokens()
 
     def _remember_exact_reply(self, text: str, ids: list[int]) -> None:
-        if b"".join(map(self._reply_piece, ids)).decode("utf-8", "replace") == text:
+        if b"".join(map(self._words.reply_piece, ids)).decode("utf-8", "replace") == text:
             self._remember_reply(text, ids)  # not after a stop string: the ids hold more
-
-
-def _attr(vocab: object, token_id: int) -> int:
-    import llama_cpp
-
-    return int(llama_cpp.llama_vocab_get_attr(vocab, token_id))

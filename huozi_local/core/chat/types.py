@@ -108,6 +108,14 @@ class ContextTrimmed:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not change the reply (the prompt cache could
+    not save to a full disk)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class ReplyResult:
     """The last event of every reply."""
 
@@ -121,12 +129,15 @@ class ReplyResult:
     model: str
     dropped_messages: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    restored_prompt_tokens: int = 0
+    """Prompt tokens the prompt cache restored instead of evaluating (a part of those not
+    evaluated; the rest of them were still in the live KV cache)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-ReplyEvent = TextDelta | ContextTrimmed | ReplyResult
+ReplyEvent = TextDelta | ContextTrimmed | Notice | ReplyResult
 
 
 @runtime_checkable
@@ -145,7 +156,7 @@ class ChatBackend(Protocol):
         sampling: SamplingOptions | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[ReplyEvent]:
-        """Yield TextDelta/ContextTrimmed events, then exactly one ReplyResult.
+        """Yield TextDelta/ContextTrimmed/Notice events, then exactly one ReplyResult.
 
         `messages` is the whole prompt: a system message is the caller's to include.
         """

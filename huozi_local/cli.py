@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plan",
     "inspect",
     "repair",
+    "cache",
     "serve",
     "worker",
 )

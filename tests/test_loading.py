@@ -196,3 +196,25 @@ def test_the_child_process_counter_sees_a_second_read(
         [sys.executable, "-c", counted, str(model)], capture_output=True, text=True, timeout=120
     )
     assert json.loads(done.stderr.strip().splitlines()[-1])["opened"] == 2
+
+
+def test_prompt_cache_caps_come_from_the_settings_or_what_the_plan_leaves(
+    tiny_models: TinyModels, huozi_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huozi_local.core import disk
+    from huozi_local.core.loading.cache import cache_limits, prompt_cache_folder
+
+    paths = Paths.from_env()
+    model = model_file_at(tiny_models.get("merged", "q4_0"), label="t", quant="", spec="")
+    plan = plan_load(model, Machine.synthetic("cpu", 0, 24 * GiB), PlanInputs()).plan
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 50 * 10**9)
+    auto = cache_limits(Settings(), paths, plan)
+    assert auto is not None and auto.folder == prompt_cache_folder(paths)
+    spare = plan.ram_budget_bytes - plan.ram_bytes
+    assert auto.ram_bytes == min(2048 * 1024**2, spare // 2)
+    assert auto.disk_bytes == 5 * 10**9  # a tenth of the free space
+    monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: 10**13)
+    assert (cache_limits(Settings(), paths, plan) or auto).disk_bytes == 20 * 10**9
+    fixed = cache_limits(Settings(prompt_cache_ram_mib=10, prompt_cache_disk_mib=0), paths, plan)
+    assert fixed is not None and (fixed.ram_bytes, fixed.disk_bytes) == (10 * 1024**2, 0)
+    assert cache_limits(Settings(prompt_cache=False), paths, plan) is None

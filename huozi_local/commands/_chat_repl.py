@@ -207,7 +207,7 @@ class ChatRepl:
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import closed_after, result_record
         from huozi_local.core.chat.template import with_system_prompt
-        from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, TextDelta
+        from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, Notice, TextDelta
         from huozi_local.core.errors import WorkerLost
 
         cancel = threading.Event()
@@ -230,7 +230,7 @@ class ChatRepl:
                         if streaming:
                             sys.stdout.write(event.text)
                             sys.stdout.flush()
-                    elif isinstance(event, ContextTrimmed):
+                    elif isinstance(event, (ContextTrimmed, Notice)):
                         print(f"huozi-local: {event.message}", file=sys.stderr)
                     else:
                         result = event
@@ -282,8 +282,13 @@ class ChatRepl:
 
 def _stats(result: ReplyResult) -> str:
     stopped = {"stop": "", "length": " · cut at max tokens", "cancelled": " · stopped"}
+    restored = (
+        f", {result.restored_prompt_tokens} restored from the cache"
+        if result.restored_prompt_tokens
+        else ""
+    )
     return (
         f"{result.completion_tokens} tokens · {result.tokens_per_s:.1f} tok/s · "
         f"first token {result.ttft_s:.2f}s · prompt {result.evaluated_prompt_tokens}"
-        f"/{result.prompt_tokens} evaluated{stopped[result.stop_reason]}"
+        f"/{result.prompt_tokens} evaluated{restored}{stopped[result.stop_reason]}"
     )

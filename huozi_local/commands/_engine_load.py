@@ -137,6 +137,7 @@ def load_engine(
     `machine`: the hardware to plan for (tests inject one; default: this machine's).
     """
     from huozi_local.core.config import Paths, Settings
+    from huozi_local.core.loading.cache import cache_for
     from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs, model_spec
     from huozi_local.core.loading.load import load_planned, plan_load
     from huozi_local.core.loading.model_file import open_model
@@ -152,14 +153,21 @@ def load_engine(
         from huozi_local.core.planning.hardware import detect_machine
 
         machine = detect_machine()
-    planned = plan_load(model, machine, PlanInputs.of(settings, overrides))
+    inputs = PlanInputs.of(settings, overrides)
+    planned = plan_load(model, machine, inputs, cache_for(settings, paths))
     force = bool(getattr(args, "force", False))
     if not planned.plan.fits and force:
         why = planned.plan.reason("shortfall")
         print(f"huozi-local: warning: loading although it may not fit: {why}", file=sys.stderr)
     progress = _progress_printer(model.label) if sys.stderr.isatty() else None
     try:
-        loaded = load_planned(planned, machine, allow_overcommit=force, progress=progress)
+        loaded = load_planned(
+            planned,
+            machine,
+            allow_overcommit=force,
+            progress=progress,
+            notice=lambda text: print(f"huozi-local: {text}", file=sys.stderr, flush=True),
+        )
     finally:
         if progress is not None:
             sys.stderr.write("\r\033[K")
@@ -231,6 +239,7 @@ def result_record(result: Any, plan: Plan | dict[str, Any]) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "prompt_tokens": result.prompt_tokens,
         "evaluated_prompt_tokens": result.evaluated_prompt_tokens,
+        "restored_prompt_tokens": result.restored_prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "ttft_s": round(result.ttft_s, 4),
         "tokens_per_s": round(result.tokens_per_s, 2),

@@ -16,6 +16,7 @@ from pathlib import Path
 from huozi_local.core.chat.types import ChatBackend
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.errors import HuoziError
+from huozi_local.core.loading.cache import cache_for
 from huozi_local.core.loading.inputs import LoadOverrides, PlanInputs, model_spec
 from huozi_local.core.loading.load import PlannedLoad, load_planned, plan_load
 from huozi_local.core.loading.model_file import model_file_at, open_model
@@ -67,7 +68,7 @@ def plan_saved_model(
     """The model this run opens (`--model`, else the saved one, else the best on disk) and its
     plan; HuoziError when it is not on this disk or not a model file."""
     model = open_model(model_spec(settings, overrides), paths)
-    return plan_load(model, machine, PlanInputs.of(settings, overrides))
+    return plan_load(model, machine, PlanInputs.of(settings, overrides), cache_for(settings, paths))
 
 
 def saved_model_plan_or_none(
@@ -91,7 +92,10 @@ def plan_file(
     settings: Settings,
     machine: Machine,
     overrides: LoadOverrides | None = None,
+    paths: Paths | None = None,
 ) -> PlannedLoad:
-    """The plan for a file setup just made ready (a download, an import)."""
+    """The plan for a file setup just made ready (a download, an import); `paths`: where its
+    prompt cache lives (none: no cache)."""
     model = model_file_at(path, label=label, quant=quant, spec=spec)
-    return plan_load(model, machine, PlanInputs.of(settings, overrides))
+    cache = cache_for(settings, paths) if paths is not None else None
+    return plan_load(model, machine, PlanInputs.of(settings, overrides), cache)

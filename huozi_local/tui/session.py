@@ -146,6 +146,8 @@ class ChatSession:
                 meta = {
                     "stop_reason": event.stop_reason,
                     "prompt_tokens": event.prompt_tokens,
+                    "evaluated_prompt_tokens": event.evaluated_prompt_tokens,
+                    "restored_prompt_tokens": event.restored_prompt_tokens,
                     "completion_tokens": event.completion_tokens,
                     "tokens_per_s": round(event.tokens_per_s, 2),
                     "model": event.model,

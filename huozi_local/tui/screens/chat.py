@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer
 
-from huozi_local.core.chat.types import ContextTrimmed, ReplyResult, TextDelta
+from huozi_local.core.chat.types import ContextTrimmed, Notice, ReplyResult, TextDelta
 from huozi_local.core.errors import HuoziError
 from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import SettingsRequested
@@ -227,7 +227,7 @@ class ChatScreen(RecoveringScreen):
                 if isinstance(event, TextDelta):
                     if self.pending.add(event.text):
                         self.post_message(ReplyText())
-                elif isinstance(event, ContextTrimmed):
+                elif isinstance(event, (ContextTrimmed, Notice)):
                     self.post_message(ReplyNotice(event.message))
                 elif isinstance(event, ReplyResult):
                     result = event

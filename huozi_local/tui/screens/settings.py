@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 from huozi_local.core.config import AUTO, Paths, Settings, check_setting
 from huozi_local.core.errors import HuoziError
@@ -33,8 +33,20 @@ NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("n_ctx", "上下文长度 Context length (auto = planned)", int),
     ("n_gpu_layers", "GPU 层数 GPU layers (auto = planned, all = every layer)", int),
     ("cpu_moe", "专家留在内存的层数 MoE layers with experts in RAM (auto = planned)", int),
+    (
+        "prompt_cache_ram_mib",
+        "对话缓存内存 Prompt cache in RAM, MiB (auto; from the next load)",
+        int,
+    ),
+    (
+        "prompt_cache_disk_mib",
+        "对话缓存磁盘 Prompt cache on disk, MiB (auto; from the next load)",
+        int,
+    ),
 )
-AUTO_FIELDS = frozenset({"n_ctx", "n_gpu_layers", "cpu_moe"})
+AUTO_FIELDS = frozenset(
+    {"n_ctx", "n_gpu_layers", "cpu_moe", "prompt_cache_ram_mib", "prompt_cache_disk_mib"}
+)
 """Fields that may say "auto" (and n_gpu_layers "all"), as config.toml does."""
 
 
@@ -92,6 +104,11 @@ class SettingsScreen(ModalScreen[Settings | None]):
             for name, title, _kind in NUMBER_FIELDS:
                 yield Label(title)
                 yield Input(_shown(name, getattr(self.settings, name)), id=name)
+            yield Checkbox(
+                "保存离开的对话的 KV 缓存 Keep the KV cache of conversations left (prompt cache)",
+                self.settings.prompt_cache,
+                id="prompt_cache",
+            )
             yield Label("模型 Model / quant")
             yield Select(
                 models,
@@ -138,6 +155,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
             self.settings,
             model=model if isinstance(model, str) else self.settings.model,
             system_prompt=self.query_one("#system_prompt", TextArea).text,
+            prompt_cache=self.query_one("#prompt_cache", Checkbox).value,
             download_source=source if isinstance(source, str) else "",
             mirror_endpoint=mirror,
         )

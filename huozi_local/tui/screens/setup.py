@@ -314,6 +314,7 @@ class SetupScreen(RecoveringScreen):
                 spec=message.spec,
                 settings=self.settings,
                 machine=self.machine,
+                paths=self.paths,
             )
         except HuoziError as exc:
             self._show_failure(app_wording(exc))

@@ -13,13 +13,12 @@ from huozi_local.core import huozi
 from huozi_local.core.errors import Cancelled
 from huozi_local.core.gguf.header import GGUFFile, read_gguf
 from huozi_local.core.gguf.repair import (
-    SOURCE_SHA256_KEY,
-    VERSION_KEY,
     RepairResult,
     default_output,
     repair_gguf,
     repair_plan,
 )
+from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY, VERSION_KEY
 from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, file_sha256
 

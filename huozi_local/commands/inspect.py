@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def inspect_report(gguf: GGUFFile) -> dict[str, Any]:
     """The stable --json object (keys only ever added; `schema` bumps on any other change)."""
     from huozi_local.core import huozi
-    from huozi_local.core.gguf.repair import SOURCE_SHA256_KEY, repair_plan
+    from huozi_local.core.gguf.repair import repair_plan
+    from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
 
     blockers = gguf.load_blockers()
     try:

@@ -202,7 +202,7 @@ def _confirm(identity: Identity, sha: str, paths: Paths) -> Identity:
 
 
 def _provenance_key() -> str:
-    from huozi_local.core.gguf.repair import SOURCE_SHA256_KEY
+    from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
 
     return SOURCE_SHA256_KEY
 

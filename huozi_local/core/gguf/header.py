@@ -313,8 +313,12 @@ def _group_name(name: str) -> str:
     return stem.removesuffix(".weight").removesuffix(".bias")
 
 
-def read_gguf(path: str | Path) -> GGUFFile:
-    """Parse a GGUF header. Raises GGUFError with one line for anything a user can hit."""
+def read_gguf(path: str | Path, *, declared_size: int | None = None) -> GGUFFile:
+    """Parse a GGUF header. Raises GGUFError with one line for anything a user can hit.
+
+    `declared_size`: `path` holds only the first bytes of a file of this size (a download's
+    head): the header is parsed from them and checked against the whole file's size.
+    """
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -329,7 +333,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
         if size < 24:
             raise GGUFError(f"{path} is not a GGUF model file (only {size} bytes)")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(buf, path, size)
+            return _parse(buf, path, size if declared_size is None else declared_size)
 
 
 def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:

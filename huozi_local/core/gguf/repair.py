@@ -21,27 +21,24 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huozi_local import __version__
-from huozi_local.core import disk, huozi
+from huozi_local.core import disk
 from huozi_local.core.errors import GGUFError, HuoziError, NotEnoughDisk
-from huozi_local.core.gguf.byte_format import (
-    MERGED_EXPERT_RE,
-    SPLIT_EXPERT_RE,
-    TensorInfo,
-    TokenType,
-    ValueType,
-)
 from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, read_gguf
+from huozi_local.core.gguf.repair_layout import (
+    SOURCE_SHA256_KEY,
+    VERSION_KEY,
+    _expert_groups,
+    _metadata_fixes,
+    repair_layout,
+    verify_repaired,
+)
 from huozi_local.core.gguf.rewrite import (
     DISK_FULL_ERRNOS,
     Header,
     OutTensor,
-    Piece,
     SourceHasher,
-    build_header,
     copy_segments,
     disk_full_error,
-    encode_kv,
     open_partial,
     open_source,
     plan_segments,
@@ -50,10 +47,7 @@ from huozi_local.core.gguf.rewrite import (
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 from huozi_local.core.units import format_bytes
 
-SOURCE_SHA256_KEY = "huozi_local.repair.source_sha256"
-VERSION_KEY = "huozi_local.repair.version"
 PARTIAL_SUFFIX = ".partial"
-_SHA_PLACEHOLDER = "0" * 64
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -68,81 +62,6 @@ class RepairResult:
 
 def default_output(src: Path) -> Path:
     return src.with_name(f"{src.stem}.repaired.gguf")
-
-
-# -- what to change ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _MetadataFix:
-    key: str
-    value_type: ValueType
-    value: object
-    array_type: ValueType | None = None
-
-
-def _expert_groups(gguf: GGUFFile) -> dict[tuple[int, str], list[TensorInfo]]:
-    """Legacy expert tensors by (layer, kind), checked to form complete, uniform expert sets."""
-    groups: dict[tuple[int, str], dict[int, TensorInfo]] = {}
-    for tensor in gguf.tensors:
-        match = SPLIT_EXPERT_RE.match(tensor.name)
-        if match:
-            key = (int(match.group(1)), match.group(2))
-            groups.setdefault(key, {})[int(match.group(3))] = tensor
-    merged_names = {t.name for t in gguf.tensors if MERGED_EXPERT_RE.match(t.name)}
-    ordered: dict[tuple[int, str], list[TensorInfo]] = {}
-    for (layer, kind), experts in groups.items():
-        where = f"{gguf.path}: layer {layer} ffn_{kind}"
-        expected = gguf.n_expert or len(experts)
-        if sorted(experts) != list(range(expected)):
-            raise GGUFError(
-                f"{where} has experts {sorted(experts)}, expected 0..{expected - 1}: "
-                "the file is damaged"
-            )
-        if f"blk.{layer}.ffn_{kind}_exps.weight" in merged_names:
-            raise GGUFError(f"{where} is stored both merged and split: the file is damaged")
-        tensors = [experts[i] for i in range(expected)]
-        first = tensors[0]
-        if len(first.shape) != 2 or any(
-            (t.shape, t.ggml_type) != (first.shape, first.ggml_type) for t in tensors
-        ):
-            raise GGUFError(f"{where}: the experts differ in shape or type, so cannot be merged")
-        ordered[(layer, kind)] = tensors
-    return ordered
-
-
-def _metadata_fixes(gguf: GGUFFile) -> tuple[list[_MetadataFix], list[str]]:
-    """The huozi turn-ending fixes this file lacks, and a human line for each."""
-    if not gguf.is_huozi:
-        return [], []
-    fixes: list[_MetadataFix] = []
-    lines: list[str] = []
-    end_id = huozi.END_OF_UTTERANCE_ID
-    for role in ("eos", "eot"):
-        key = f"tokenizer.ggml.{role}_token_id"
-        current = gguf.get(key)
-        if current != end_id:
-            fixes.append(_MetadataFix(key, ValueType.UINT32, end_id))
-            shown = "unset" if current is None else current
-            lines.append(f"{role}_token_id {shown} -> {end_id} ({huozi.END_OF_UTTERANCE})")
-    types_entry = gguf.kv.get("tokenizer.ggml.token_type")
-    if types_entry is not None:
-        types = list(types_entry.value)
-        changed = False
-        for token_id in (huozi.BEGIN_OF_UTTERANCE_ID, huozi.END_OF_UTTERANCE_ID):
-            if types[token_id] != TokenType.CONTROL:
-                lines.append(
-                    f"token type of {token_id} {gguf.token_text(token_id)} "
-                    f"{gguf.token_type_name(token_id)} -> control"
-                )
-                types[token_id] = int(TokenType.CONTROL)
-                changed = True
-        if changed:
-            fixes.append(
-                _MetadataFix(types_entry.key, ValueType.ARRAY, types, types_entry.array_type)
-            )
-    if gguf.chat_template is None:
-        fixes.append(_MetadataFix("tokenizer.chat_template", ValueType.STRING, huozi.CHAT_TEMPLATE))
-        lines.append("embedded the huozi chat template as tokenizer.chat_template")
-    return fixes, lines
 
 
 def needs_repair(gguf: GGUFFile) -> bool:
@@ -163,65 +82,6 @@ def repair_plan(gguf: GGUFFile) -> list[str]:
         )
     lines += _metadata_fixes(gguf)[1]
     return lines
-
-
-# -- the new header --------------------------------------------------------------------------------
-def _out_tensors(gguf: GGUFFile) -> list[OutTensor]:
-    """Source order; each merged tensor takes the place of its expert 0."""
-    groups = _expert_groups(gguf)
-    by_first = {tensors[0].name: key for key, tensors in groups.items()}
-    out: list[OutTensor] = []
-    for tensor in gguf.tensors:
-        if SPLIT_EXPERT_RE.match(tensor.name):
-            key = by_first.get(tensor.name)
-            if key is None:
-                continue  # experts 1..n-1 travel with expert 0
-            experts = groups[key]
-            layer, kind = key
-            out.append(
-                OutTensor(
-                    name=f"blk.{layer}.ffn_{kind}_exps.weight",
-                    shape=(*tensor.shape, len(experts)),
-                    ggml_type=tensor.ggml_type,
-                    pieces=tuple(Piece(gguf.data_offset + t.offset, t.n_bytes) for t in experts),
-                )
-            )
-        else:
-            out.append(
-                OutTensor(
-                    tensor.name,
-                    tensor.shape,
-                    tensor.ggml_type,
-                    (Piece(gguf.data_offset + tensor.offset, tensor.n_bytes),),
-                )
-            )
-    return out
-
-
-def _kv_blobs(gguf: GGUFFile, fixes: list[_MetadataFix], source_sha256: str) -> list[bytes]:
-    """Unchanged entries verbatim from the source; changed ones re-encoded where they were."""
-    provenance = [
-        _MetadataFix(SOURCE_SHA256_KEY, ValueType.STRING, source_sha256),
-        _MetadataFix(VERSION_KEY, ValueType.STRING, __version__),
-    ]
-    replacing = {fix.key: fix for fix in [*fixes, *provenance]}
-    blobs: list[bytes] = []
-    with open(gguf.path, "rb") as handle:
-        for entry in gguf.kv.values():
-            fix = replacing.pop(entry.key, None)
-            if fix is None:
-                handle.seek(entry.start)
-                blobs.append(handle.read(entry.end - entry.start))
-            else:
-                blobs.append(encode_kv(fix.key, fix.value_type, fix.value, fix.array_type))
-    blobs += [encode_kv(f.key, f.value_type, f.value, f.array_type) for f in replacing.values()]
-    return blobs
-
-
-def _sha_marker() -> bytes:
-    """The encoded key, type and length that precede the sha256 value in the header."""
-    full = encode_kv(SOURCE_SHA256_KEY, ValueType.STRING, _SHA_PLACEHOLDER)
-    return full[: -len(_SHA_PLACEHOLDER)]
 
 
 # -- the repair ------------------------------------------------------------------------------------
@@ -251,21 +111,13 @@ def repair_gguf(
     if not plan:
         return RepairResult(None, True, [], 0, (source_sha256 or "").lower())
     dst = _resolve_output(src, dst)
-    fixes = _metadata_fixes(gguf)[0]
-    tensors = _out_tensors(gguf)
-    sha = source_sha256.lower() if source_sha256 else _SHA_PLACEHOLDER
-    header = build_header(
-        version=gguf.version,
-        kv_blobs=_kv_blobs(gguf, fixes, sha),
-        tensors=tensors,
-        alignment=gguf.alignment,
-        markers={"sha": _sha_marker()},
-    )
+    layout = repair_layout(gguf, source_sha256.lower() if source_sha256 else None)
+    header, tensors = layout.header, layout.tensors
     partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
     _check_disk(dst.parent, header.total_size, partial)
     try:
         sha = _write(gguf, header, tensors, partial, source_sha256, progress, cancel)
-        _verify(gguf, partial, header, tensors, sha)
+        verify_repaired(gguf, partial, layout, sha)
         os.replace(partial, dst)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
@@ -332,7 +184,7 @@ def _write(
 
     Progress counts the bytes copied plus, when hashing, the bytes hashed.
     """
-    segments = plan_segments(header, tensors)
+    segments = plan_segments(header, tensors)  # the layout's, in source order
     to_copy = sum(s.n_bytes for s in segments)
     src_fd = open_source(gguf.path)
     hasher = None if source_sha256 else SourceHasher(gguf.path, gguf.file_size)
@@ -375,27 +227,3 @@ def _write(
         os.close(src_fd)
     reporter.update(total, force=True)
     return sha
-
-
-def _verify(
-    source: GGUFFile, partial: Path, header: Header, tensors: list[OutTensor], sha: str
-) -> None:
-    """Re-read what was written: counts, sizes and names must be what the plan said."""
-    result = read_gguf(partial)
-    problems: list[str] = []
-    if result.file_size != header.total_size:
-        problems.append(f"size {result.file_size} != {header.total_size}")
-    if result.tensor_count != len(tensors):
-        problems.append(f"{result.tensor_count} tensors, expected {len(tensors)}")
-    if result.tensor_bytes != source.tensor_bytes:
-        problems.append(f"{result.tensor_bytes} tensor bytes, source has {source.tensor_bytes}")
-    for tensor in tensors:
-        found = result.tensor_by_name.get(tensor.name)
-        if found is None or found.n_bytes != tensor.n_bytes or found.shape != tensor.shape:
-            problems.append(f"tensor {tensor.name} is not as planned")
-    if result.layout == "legacy-split" or result.turn_fixes_needed():
-        problems.append("the fixes did not take")
-    if result.get(SOURCE_SHA256_KEY) != sha:
-        problems.append("the provenance sha256 was not recorded")
-    if problems:
-        raise GGUFError(f"the repaired file failed verification: {'; '.join(problems[:3])}")

@@ -11,8 +11,9 @@ It serves the part of the protocol that huggingface_hub (2.x) and our downloader
 - 404 with `X-Error-Code: RepoNotFound` / `EntryNotFound`, 401 `GatedRepo` for gated repos.
 
 No xet headers are ever sent, so hf_xet never kicks in. Knobs let a test cut the connection after
-N bytes, serve corrupt bytes, or require a token; every request is recorded (method, path, Range
-header, status, body bytes sent) so tests can assert what the client did and did not do.
+N bytes, serve corrupt bytes, require a token, ignore Range, answer 429, cap each connection's
+rate (a mirror's per-connection cap) or stall mid-file; every request is recorded (method, path,
+Range header, status, body bytes sent) so tests can assert what the client did and did not do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,10 +73,20 @@ class FakeHub:
     cut_after_bytes: int | None = None  # the next file body stops after this many bytes
     cut_times: int = 1  # how many responses get cut before the knob clears itself
     corrupt: bool = False  # flip a byte in every file body served
+    ignore_range: bool = False  # answer ranged requests with the whole file (200), as some do
+    busy_times: int = 0  # answer the next N ranged requests with 429 Too Many Requests
+    busy_from: int = 0  # ... those that start at or after this byte
+    bytes_per_s: float | None = None  # cap each connection's body at this rate (a mirror's cap)
+    stall_after_bytes: int | None = None  # stop sending (and hold the connection) once this many
+    # body bytes went out in all: a download that hangs mid-way, to be killed at a known point;
+    # clearing the knob drops the held connections
     records: list[RequestRecord] = field(default_factory=list)
     hub_url: str = ""
     cdn_url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sent: int = 0
+    sending: int = 0  # file bodies being sent right now
+    most_at_once: int = 0  # the most file bodies ever sent at the same time
 
     def add_file(self, repo_id: str, filename: str, content: bytes | Path) -> HubFile:
         if isinstance(content, Path):
@@ -112,6 +124,22 @@ class FakeHub:
 
     def body_bytes_sent(self, path_part: str = "/lfs/") -> int:
         return sum(r.body_bytes for r in self.requests_for(None, path_part))
+
+    def count_sent(self, n: int) -> None:
+        with self._lock:
+            self._sent += n
+
+    def sent_so_far(self) -> int:
+        """Body bytes written so far, finished responses or not (paced ones only)."""
+        with self._lock:
+            return self._sent
+
+    def take_busy(self) -> bool:
+        with self._lock:
+            if self.busy_times <= 0:
+                return False
+            self.busy_times -= 1
+            return True
 
     def take_cut(self) -> int | None:
         with self._lock:
@@ -275,6 +303,14 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = 0, entry.size - 1
         status = 200
         wanted = self.headers.get("Range")
+        hub = self.server.hub
+        asked_from = _RANGE.match(wanted.strip()) if wanted else None
+        late = asked_from is not None and int(asked_from.group("start")) >= hub.busy_from
+        if late and not head and hub.take_busy():
+            self._error(429, None, "slow down", record)
+            return
+        if hub.ignore_range:
+            wanted = None
         if wanted:
             match = _RANGE.match(wanted.strip())
             if match is None or int(match.group("start")) >= entry.size:
@@ -301,13 +337,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        hub = self.server.hub
         cut = hub.take_cut()
         limit = length if cut is None else max(0, min(length, cut))
-        if entry.data is None and not hub.corrupt and cut is None:
+        with hub._lock:
+            hub.sending += 1
+            hub.most_at_once = max(hub.most_at_once, hub.sending)
+        try:
+            self._send_range(entry, start, length, limit, cut, record)
+        finally:
+            with hub._lock:
+                hub.sending -= 1
+
+    def _send_range(
+        self, entry: HubFile, start: int, length: int, limit: int, cut: int | None,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
+        hub = self.server.hub
+        paced = hub.bytes_per_s is not None or hub.stall_after_bytes is not None
+        if entry.data is None and not hub.corrupt and cut is None and not paced:
             record.body_bytes = self._sendfile(entry, start, length)
         else:
-            record.body_bytes = self._write_slices(entry, start, limit, hub.corrupt)
+            self._write_slices(entry, start, limit, hub.corrupt, record)
         if record.body_bytes < length:
             # A dropped connection: the client sees fewer bytes than Content-Length promised.
             self.close_connection = True
@@ -319,11 +369,26 @@ class _Handler(BaseHTTPRequestHandler):
             sent: int = self.connection.sendfile(handle, start, length)
             return sent
 
-    def _write_slices(self, entry: HubFile, start: int, count: int, corrupt: bool) -> int:
+    def _write_slices(
+        self, entry: HubFile, start: int, count: int, corrupt: bool, record: RequestRecord
+    ) -> int:
+        """Write the body in slices (paced, cut or corrupted); `record` counts what went out,
+        also when the client hangs up half way."""
+        hub = self.server.hub
         sent = 0
         middle = entry.size // 2
-        block = 1 << 20
+        rate = hub.bytes_per_s
+        block = 1 << 20 if rate is None else max(1024, int(rate / 200))
+        began = time.monotonic()
         while sent < count:
+            if hub.stall_after_bytes is not None and hub.sent_so_far() >= hub.stall_after_bytes:
+                while hub.stall_after_bytes is not None:
+                    time.sleep(0.05)  # hold the connection open, send nothing
+                return sent  # released: that client is gone (killed), drop the connection
+            if rate is not None:
+                due = began + sent / rate
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
             offset = start + sent
             piece = self._read(entry, offset, min(block, count - sent))
             if corrupt and offset <= middle < offset + len(piece):
@@ -332,6 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = bytes(flipped)
             self.wfile.write(piece)
             sent += len(piece)
+            record.body_bytes = sent
+            hub.count_sent(len(piece))
         return sent
 
     @staticmethod

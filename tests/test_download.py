@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from huozi_local.core import disk
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.fetch.download import download_model
+from huozi_local.core.fetch.in_place import InPlaceFiles
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
     hf_model_path,
@@ -106,16 +108,26 @@ def test_second_download_of_a_verified_file_moves_no_bytes(hub: FakeHub, paths: 
     assert len(hub.requests_for("GET", "/lfs/")) == before
 
 
+def _span(record_range: str | None) -> tuple[int, int]:
+    assert record_range is not None
+    start, _, end = record_range.removeprefix("bytes=").partition("-")
+    return int(start), int(end) + 1
+
+
 def test_connection_cut_mid_file_resumes_with_a_range_request(
     hub: FakeHub, paths: Paths, plain_gguf: Path
 ) -> None:
     size = plain_gguf.stat().st_size
-    hub.cut_after_bytes = size // 3
-    result = download_model(SPEC, paths, endpoint=hub.hub_url)
+    hub.cut_after_bytes, hub.cut_times = 100_000, 3  # three answers stop short
+    result = download_model(SPEC, paths, endpoint=hub.hub_url, connections=1)
     assert result.path.read_bytes() == plain_gguf.read_bytes()
     gets = hub.requests_for("GET", "/lfs/")
-    assert [g.range for g in gets] == [None, f"bytes={size // 3}-"]
-    assert gets[1].status == 206
+    cut = [g for g in gets if g.body_bytes < _span(g.range)[1] - _span(g.range)[0]]
+    assert len(cut) == 3
+    for dropped in cut:  # each one was asked again from the byte where it stopped
+        resumed_at = _span(dropped.range)[0] + dropped.body_bytes
+        assert any(_span(g.range)[0] == resumed_at for g in gets)
+    assert all(g.status == 206 for g in gets)
     assert hub.body_bytes_sent() == size  # nothing was fetched twice
 
 
@@ -186,17 +198,22 @@ def test_too_small_disk_is_refused_before_any_byte(
     assert not partial_download_path(paths, "hf", REPO, FILE).exists()
 
 
-def test_disk_check_counts_the_repaired_copy_of_a_legacy_file(
+def test_a_legacy_file_needs_room_for_one_copy_unless_the_server_ignores_ranges(
     paths: Paths, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Repaired in the stream, a legacy file never exists twice; only the one-stream fallback
+    (a server that ignores Range) still writes the original, then its repaired copy."""
     legacy = tiny_models.get("split", "q4_0", rig="chat")
     size = legacy.stat().st_size
     monkeypatch.setattr(disk, "free_disk_bytes", lambda folder: size + size // 2)
     with running_hub() as fake:
         fake.add_file(HUOZI_REPO, "huozi3-q2_k.gguf", legacy)
+        result = download_model("huozi3:q2_k", paths, endpoint=fake.hub_url)
+        assert result.repaired and read_sidecar(result.path)["state"] == "repaired"
+        result.path.unlink()
+        fake.ignore_range = True
         with pytest.raises(HuoziError, match="plus its repaired copy"):
             download_model("huozi3:q2_k", paths, endpoint=fake.hub_url)
-        assert not fake.requests_for("GET", "/lfs/")
 
 
 def test_offline_with_the_file_on_disk_touches_no_network(
@@ -246,22 +263,32 @@ def test_cancel_mid_download_keeps_the_bytes_and_the_next_run_resumes(
         if report.stage == "download" and report.done > 0:
             cancel.set()
 
+    hub.bytes_per_s = 8e6  # three seconds for the file: the cancel lands well before its end
+
     with pytest.raises(Cancelled, match="run the same command to resume"):
         download_model(
-            spec, paths, endpoint=hub.hub_url, cancel=cancel, progress=stop_after_first_bytes
+            spec,
+            paths,
+            endpoint=hub.hub_url,
+            cancel=cancel,
+            progress=stop_after_first_bytes,
+            connections=1,
         )
-    part = partial_download_path(paths, "hf", REPO, "big.gguf")
-    kept = part.stat().st_size
+    final = hf_model_path(paths, REPO, "big.gguf")
+    kept = InPlaceFiles(final).bytes_recorded()  # what the resume record says is on the disk
     assert 0 < kept < size
-    assert not hf_model_path(paths, REPO, "big.gguf").exists()
-    result = download_model(spec, paths, endpoint=hub.hub_url)
+    assert not final.exists()
+    while hub.sending:  # the server stops writing to the closed connection
+        time.sleep(0.01)
+    first_run = hub.body_bytes_sent()
+    hub.bytes_per_s = None
+    result = download_model(spec, paths, endpoint=hub.hub_url, connections=1)
     assert result.resumed_from == kept
     assert result.bytes_downloaded == size - kept
     assert result.path.read_bytes() == big_gguf.read_bytes()
-    gets = hub.requests_for("GET", "/lfs/")
-    assert gets[-1].range == f"bytes={kept}-" and gets[-1].status == 206
-    # The resumed request asked for, and got, only the bytes that were missing.
-    assert gets[-1].body_bytes == size - kept
+    # The second run asked for, and got, only the bytes that were missing.
+    assert hub.body_bytes_sent() - first_run == size - kept
+    assert not any(p.exists() for p in InPlaceFiles(final).all())
 
 
 def test_a_stale_part_of_another_file_version_is_not_resumed(
@@ -319,11 +346,9 @@ def test_legacy_model_is_downloaded_repaired_and_chats(
     final = family_model_path(paths, "huozi3", "q2_k")
     assert result.path == final and result.repaired
     assert result.sha256 == sha256_of(legacy)
-    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == [
-        "download",
-        "verify",
-        "repair",
-    ]
+    # Repaired in the stream; with --keep-original the original is kept, then repaired.
+    expected = ["download", "verify", "repair"] if keep_original else ["download", "verify"]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == expected
     assert read_gguf(final).layout == "merged" and not read_gguf(final).load_blockers()
     sidecar = read_sidecar(final)
     assert sidecar["state"] == "repaired" and sidecar["sha256"] == sha256_of(legacy)

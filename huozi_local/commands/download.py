@@ -39,6 +39,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep a legacy file's original next to its repaired copy",
     )
     parser.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help="HTTP connections fetching ranges of the file at once (default: the setting "
+        "download_connections, else 8; 1: one stream)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON (bytes, seconds, ...)"
+    )
+    parser.add_argument(
         "--endpoint",
         metavar="URL",
         help="hub endpoint or mirror (default: $HF_ENDPOINT, or $MODELSCOPE_ENDPOINT with "
@@ -57,6 +67,7 @@ def run_download(args: argparse.Namespace) -> int:
 
     paths = Paths.from_env()
     source, endpoint = _source_and_endpoint(args, paths)
+    connections = _connections(args, paths)
     machine = detect_machine() if _names_no_quant(args.model) else None
     try:
         with ProgressBar(sys.stderr) as bar:
@@ -71,14 +82,50 @@ def run_download(args: argparse.Namespace) -> int:
                     progress=bar.update,
                     cancel=cancel,
                     machine=machine,
+                    connections=connections,
                 ),
                 "download",
             )
     except Cancelled as exc:
         print(f"huozi-local: {exc}", file=sys.stderr)
         return 130
-    _report(result)
+    if args.json:
+        import json
+
+        print(json.dumps(_record(result), ensure_ascii=False))
+    else:
+        _report(result)
     return 0
+
+
+def _connections(args: argparse.Namespace, paths: Any) -> int:
+    """--connections over the setting over the default; one line when out of range."""
+    from huozi_local.core.config import Settings, check_setting
+    from huozi_local.core.errors import HuoziError
+    from huozi_local.core.fetch.download import DEFAULT_CONNECTIONS
+
+    if args.connections is not None:
+        try:
+            return int(check_setting("download_connections", args.connections))
+        except HuoziError as exc:
+            raise HuoziError(str(exc).replace("'download_connections'", "--connections")) from None
+    saved = Settings.load(paths.config_file).download_connections
+    return saved if saved is not None else DEFAULT_CONNECTIONS
+
+
+def _record(result: Any) -> dict[str, Any]:
+    return {
+        "spec": result.spec,
+        "path": str(result.path),
+        "sha256": result.sha256,
+        "already_present": result.already_present,
+        "bytes_downloaded": result.bytes_downloaded,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 3),
+        "connections": result.connections,
+        "repaired": result.repaired,
+        "changes": result.changes,
+    }
 
 
 def _names_no_quant(text: str) -> bool:

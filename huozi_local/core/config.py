@@ -105,6 +105,7 @@ _AUTO_SETTINGS: dict[str, tuple[str, ...]] = {
     "cpu_moe": (AUTO,),
     "prompt_cache_ram_mib": (AUTO,),
     "prompt_cache_disk_mib": (AUTO,),
+    "download_connections": (AUTO,),
 }
 """Settings that may be left to the planner, and the words each accepts besides a number."""
 
@@ -122,6 +123,7 @@ BOUNDS: dict[str, _Bounds] = {
     "cpu_moe": _Bounds(0, 10_000),
     "prompt_cache_ram_mib": _Bounds(0, 10_000_000),
     "prompt_cache_disk_mib": _Bounds(0, 100_000_000),
+    "download_connections": _Bounds(1, 64),
     "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
 }
 
@@ -158,6 +160,8 @@ class Settings:
     """Disk for states kept across runs; None ("auto"): a tenth of the free space, at most 20 GB."""
     download_source: str = ""
     """Where models download from: "hf", "mirror" or "modelscope"; "" until setup has probed."""
+    download_connections: int | None = None
+    """HTTP connections per file; None ("auto"): 8, as aria2c -x8 and hf-mirror's hfd use."""
     mirror_endpoint: str = ""
     """The Hugging Face mirror for `download_source = "mirror"` ("" is hf-mirror.com)."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -105,13 +105,14 @@ def build_setup_report(
 
 
 def disk_line(option: SetupOption | None, models_dir: Path, free: int) -> str:
-    """The peak need (download plus, for a legacy file, its repaired copy) and what stays free."""
+    """The peak need and what stays free: a legacy file is repaired as it arrives, so it never
+    needs room for a second copy."""
     if option is None:
         return f"磁盘 Disk: {format_bytes(free)} free in {models_dir}"
-    need = disk_need(option.size_bytes, legacy=option.needs_repair, free=free)
+    need = disk_need(option.size_bytes, legacy=False, free=free)
     parts = f"download {format_bytes(option.size_bytes)}"
     if option.needs_repair:
-        parts += f" + repaired copy {format_bytes(need.repaired_copy_bytes)}"
+        parts += ", repaired as it arrives"
     line = (
         f"磁盘 Disk: needs {format_bytes(need.peak_bytes)} at peak ({parts}) in {models_dir}; "
         f"{format_bytes(free)} free"

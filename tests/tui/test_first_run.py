@@ -59,13 +59,14 @@ async def test_first_run_downloads_repairs_loads_and_chats(
             assert verdicts == {"q4_0": "partial", "q2_k": "fits"}
             assert "all 32 layers" in setup.report.recommendation
             # Sizes as the hub lists them (17.4 GB), not 16.2 GiB
-            assert "Disk: needs 34.8 GB at peak (download 17.4 GB + repaired copy 17.4 GB)" in (
+            # Repaired as it arrives: the peak is the file itself, never two copies.
+            assert "Disk: needs 17.4 GB at peak (download 17.4 GB, repaired as it arrives)" in (
                 setup.report.disk_line
             )
 
             await pilot.press("enter")  # choose the highlighted (recommended) quant
             await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
-            assert setup.stages_seen[:1] == ["download"] and "repair" in setup.stages_seen
+            assert setup.stages_seen == ["download", "verify"]  # no separate repair pass
             chat = app.screen
             assert isinstance(chat, ChatScreen)
             assert chat.session.model.label == "huozi3" and chat.session.model.quant == "q2_k"

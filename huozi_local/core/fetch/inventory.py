@@ -15,6 +15,7 @@ from huozi_local.core.catalog import DEFAULT_FAMILY, ModelFamily, load_families
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.fetch import hub
+from huozi_local.core.fetch.in_place import InPlaceFiles
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
     imported_models,
@@ -128,6 +129,9 @@ def _state_of(final: Path, parts: list[Path | None]) -> tuple[str, int, str | No
     for part in parts:
         if part is not None and part.exists():
             return "partial", part.stat().st_size, None
+    in_place = InPlaceFiles(final)
+    if in_place.exists():
+        return "partial", in_place.bytes_recorded(), None
     return "missing", 0, None
 
 

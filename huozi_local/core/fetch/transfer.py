@@ -259,7 +259,7 @@ class _Transfer:
                 return True  # we already hold every byte of a file of unknown size
             if exc.code in RETRY_STATUSES:
                 raise _TransientFailure(f"the server answered HTTP {exc.code}") from exc
-            raise HuoziError(_http_error_message(exc.code, self.url)) from exc
+            raise HuoziError(http_error_message(exc.code, self.url)) from exc
         except _TRANSIENT as exc:
             raise _TransientFailure(
                 f"connection failed ({connection_failure_reason(exc)})"
@@ -269,7 +269,7 @@ class _Transfer:
                 sink.reset()  # Range ignored: the body is the whole file
                 self.have = 0
             elif self.have:
-                _check_content_range(response.headers.get("Content-Range"), self.have)
+                check_content_range(response.headers.get("Content-Range"), self.have)
             if self.total is None:
                 self.total = _total_size(response.headers, self.have)
                 self.meter.total = self.total
@@ -297,7 +297,7 @@ class _Transfer:
             self.report()
 
 
-def _http_error_message(status: int, url: str) -> str:
+def http_error_message(status: int, url: str) -> str:
     from urllib.parse import urlsplit
 
     host = urlsplit(url).netloc
@@ -308,7 +308,7 @@ def _http_error_message(status: int, url: str) -> str:
     return f"{host} answered HTTP {status}: try again later"
 
 
-def _check_content_range(header: str | None, have: int) -> None:
+def check_content_range(header: str | None, have: int) -> None:
     match = _CONTENT_RANGE.match(header or "")
     if match is None or int(match.group(1)) != have:
         raise HuoziError(

@@ -236,8 +236,9 @@ class SetupScreen(RecoveringScreen):
     def download(
         self, option: SetupOption, source: DownloadSource, cancel: threading.Event
     ) -> None:
-        from huozi_local.core.fetch.download import download_model
+        from huozi_local.core.fetch.download import DEFAULT_CONNECTIONS, download_model
 
+        connections = self.settings.download_connections or DEFAULT_CONNECTIONS
         try:
             result = download_model(
                 option.spec,
@@ -246,6 +247,7 @@ class SetupScreen(RecoveringScreen):
                 endpoint=source.endpoint,
                 progress=self._report,
                 cancel=cancel,
+                connections=connections,
             )
         except Cancelled as exc:
             self.post_message(WorkFailed(f"cancelled: {exc}", paused=True))

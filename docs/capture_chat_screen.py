@@ -34,6 +34,7 @@ from huozi_local.core.config import Paths, Settings
 from huozi_local.core.planning.hardware import GiB, Machine
 from huozi_local.core.planning.planner import choose_plan
 from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.testing.conversations import SHOWCASE_ANSWER, SHOWCASE_QUESTION
 from huozi_local.tui.app import create_app
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.session import ModelInfo
@@ -41,15 +42,7 @@ from huozi_local.tui.widgets.chat_input import ChatInput
 
 OUTPUT = Path(__file__).with_name("chat-screen.svg")
 SIZE = (110, 34)
-QUESTION = "请用三句话介绍一下哈尔滨工业大学。"
-ANSWER = """哈尔滨工业大学（简称**哈工大**）创建于 1920 年，是中国著名的理工科大学。
-
-- 它在航天、机器人和计算机领域实力突出；
-- 社会计算与信息检索研究中心（SCIR）发布了**活字**大模型。
-
-```python
-print("你好，活字！")
-```"""
+QUESTION, ANSWER = SHOWCASE_QUESTION, SHOWCASE_ANSWER
 EARLIER = [
     ("旅行计划：去西安看兵马俑", "西安有什么好吃的？"),
     ("把这段话翻译成英文", "活字是一个中英双语的对话模型。"),

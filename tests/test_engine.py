@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from huozi_local.commands._remedies import cli_remedy
+from huozi_local.commands._remedies import cli_wording
 from huozi_local.core import huozi
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.loader import LoadOptions
@@ -28,7 +28,7 @@ from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.progress import Progress
 from huozi_local.testing.conversations import Conversation
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, copy_fields
-from huozi_local.tui.remedies import app_remedy
+from huozi_local.tui.remedies import app_wording
 
 U: Literal["user"] = "user"
 A: Literal["assistant"] = "assistant"
@@ -424,8 +424,8 @@ def test_load_errors_are_one_line(tiny_models: TinyModels, tmp_path: Path) -> No
     with pytest.raises(LegacyLayout, match="pre-2024 layout") as legacy:
         LlamaEngine.load(split)
     # the core says what is wrong; each front end says how to fix it in its own terms
-    assert cli_remedy(legacy.value) == f"run `huozi-local repair {split}`"
-    assert "import it in setup" in app_remedy(legacy.value)
+    assert cli_wording(legacy.value).endswith(f": run `huozi-local repair {split}`")
+    assert app_wording(legacy.value).endswith(": import it in setup (Use a file), which repairs it")
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(tiny_models.get("merged", "q4_0", "none").read_bytes()[:5000])
     not_gguf = tmp_path / "notes.gguf"

@@ -45,3 +45,18 @@ def _chained(outer: Exception, inner: BaseException) -> Exception:
 )
 def test_the_reason_reads_the_whole_chain(failure: BaseException, reason: str) -> None:
     assert connection_failure_reason(failure) == reason
+
+
+def test_every_error_whose_fix_differs_is_worded_by_both_front_ends() -> None:
+    """A new error class with a front-end fix needs wording in the CLI and in the app."""
+    from huozi_local.commands._remedies import CLI_REMEDIES
+    from huozi_local.core import errors
+    from huozi_local.tui.remedies import APP_REMEDIES
+
+    with_fixes = {errors.ContextTooSmall, errors.PlanDoesNotFit, errors.LegacyLayout,
+                  errors.ModelNotDownloaded, errors.SourceLacksModel}  # fmt: skip
+    assert set(CLI_REMEDIES) == set(APP_REMEDIES) == with_fixes
+    for kind in with_fixes:
+        sample = kind("x", "y") if kind in (errors.LegacyLayout,) else kind("x")
+        cli, app = CLI_REMEDIES[kind](sample), APP_REMEDIES[kind](sample)
+        assert cli and app and cli != app and "--" not in app  # no flag named in the app

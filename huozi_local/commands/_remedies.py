@@ -12,31 +12,30 @@ from huozi_local.core.errors import (
     LegacyLayout,
     ModelNotDownloaded,
     PlanDoesNotFit,
+    Remedies,
     SourceLacksModel,
+    with_remedy,
 )
 
 
-def cli_remedy(error: HuoziError) -> str:
-    """What to do about `error` on the command line ("" when its message says it all)."""
-    if isinstance(error, PlanDoesNotFit):
-        return "lower --ctx or --gpu-layers, or pass --force to load it anyway"
-    if isinstance(error, ContextTooSmall):
-        return "shorten it or load the model with a larger --ctx"
-    if isinstance(error, LegacyLayout):
-        return f"run `huozi-local repair {error.path}`"
-    if isinstance(error, ModelNotDownloaded):
-        if error.spec:
-            return f"run `huozi-local download {error.spec}`"
-        return (
-            "run `huozi-local download`, or `huozi-local import FILE` for a .gguf you already "
-            "have (or pass --model PATH)"
-        )
-    if isinstance(error, SourceLacksModel):
-        return "use --source hf"
-    return ""
+def _download(error: ModelNotDownloaded) -> str:
+    if error.spec:
+        return f"run `huozi-local download {error.spec}`"
+    return (
+        "run `huozi-local download`, or `huozi-local import FILE` for a .gguf you already have "
+        "(or pass --model PATH)"
+    )
+
+
+CLI_REMEDIES: Remedies = {
+    PlanDoesNotFit: lambda _: "lower --ctx or --gpu-layers, or pass --force to load it anyway",
+    ContextTooSmall: lambda _: "shorten it or load the model with a larger --ctx",
+    LegacyLayout: lambda e: f"run `huozi-local repair {e.path}`",
+    ModelNotDownloaded: _download,
+    SourceLacksModel: lambda _: "use --source hf",
+}
 
 
 def cli_wording(error: HuoziError) -> str:
     """The one line the command line prints for `error`: what is wrong, then the fix."""
-    remedy = cli_remedy(error)
-    return f"{error}: {remedy}" if remedy else str(error)
+    return with_remedy(error, CLI_REMEDIES)

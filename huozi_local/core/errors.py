@@ -12,6 +12,9 @@ own class here, and each front end words the fix for itself (`commands/_remedies
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class HuoziError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -107,3 +110,15 @@ def _reason_of(exc: BaseException) -> BaseException | None:
     """urllib's URLError keeps the socket error in `.reason` rather than as its cause."""
     reason = getattr(exc, "reason", None)
     return reason if isinstance(reason, BaseException) else None
+
+
+Remedies = dict[type[HuoziError], "Callable[[Any], str]"]
+"""How a front end words the fix for each error class whose fix it knows (others: none)."""
+
+
+def with_remedy(error: HuoziError, remedies: Remedies) -> str:
+    """The one line a front end shows: what is wrong (the core's words), then its own fix."""
+    for kind, remedy in remedies.items():
+        if isinstance(error, kind):
+            return f"{error}: {remedy(error)}"
+    return str(error)

@@ -13,6 +13,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+SHOWCASE_QUESTION = "请用三句话介绍一下哈尔滨工业大学。"
+SHOWCASE_ANSWER = """哈尔滨工业大学（简称**哈工大**）创建于 1920 年，是中国著名的理工科大学。
+
+- 它在航天、机器人和计算机领域实力突出；
+- 社会计算与信息检索研究中心（SCIR）发布了**活字**大模型。
+
+```python
+print("你好，活字！")
+```"""
+"""A question and a Markdown answer the screenshots and snapshot tests show (written by us)."""
+
 
 @dataclass(frozen=True)
 class Conversation:

@@ -12,26 +12,20 @@ from huozi_local.core.errors import (
     LegacyLayout,
     ModelNotDownloaded,
     PlanDoesNotFit,
+    Remedies,
     SourceLacksModel,
+    with_remedy,
 )
 
-
-def app_remedy(error: HuoziError) -> str:
-    """What to do about `error` in the app ("" when its message says it all)."""
-    if isinstance(error, PlanDoesNotFit):
-        return "lower the context length or the GPU layers in Settings (Ctrl+S)"
-    if isinstance(error, ContextTooSmall):
-        return "shorten it, or raise the context length in Settings (Ctrl+S)"
-    if isinstance(error, LegacyLayout):
-        return "import it in setup (Use a file), which repairs a copy"
-    if isinstance(error, ModelNotDownloaded):
-        return "download it in setup, or import a .gguf file you already have"
-    if isinstance(error, SourceLacksModel):
-        return "choose another download source"
-    return ""
+APP_REMEDIES: Remedies = {
+    PlanDoesNotFit: lambda _: "lower the context length or the GPU layers in Settings (Ctrl+S)",
+    ContextTooSmall: lambda _: "shorten it, or raise the context length in Settings (Ctrl+S)",
+    LegacyLayout: lambda _: "import it in setup (Use a file), which repairs it",
+    ModelNotDownloaded: lambda _: "download it in setup, or import a .gguf file you already have",
+    SourceLacksModel: lambda _: "choose another download source",
+}
 
 
 def app_wording(error: HuoziError) -> str:
     """The message the app shows for `error`: what is wrong, then the fix."""
-    remedy = app_remedy(error)
-    return f"{error}: {remedy}" if remedy else str(error)
+    return with_remedy(error, APP_REMEDIES)

@@ -64,6 +64,26 @@ class Heard:
         return [Path(n.removeprefix(prefix)) for n in self.notices if n.startswith(prefix)]
 
 
+class RecordingLoader:
+    """The app's real loader, noting which file each load opened and where it put the layers."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self.placements: list[tuple[int, int]] = []
+
+    def __call__(
+        self,
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        loaded = load_local(planned, machine, progress, cancel)
+        self.paths.append(planned.model.path.resolve())
+        self.placements.append((loaded.plan.n_gpu_layers, loaded.plan.n_cpu_moe))
+        return loaded
+
+
 def _app_with_engine(model_file: Path, **settings: object) -> HuoziApp:
     chosen = Settings(n_ctx=2048, n_gpu_layers=0, temperature=0.0, **settings)  # type: ignore[arg-type]
     planned, loaded = load_tiny(model_file, chosen)
@@ -198,20 +218,11 @@ async def test_switching_model_in_settings_reloads_and_is_saved(
         installed.parent.mkdir(parents=True, exist_ok=True)
         installed.symlink_to(source)
 
-    loaded: list[Path] = []
-
-    def recording_loader(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        loaded.append(planned.model.path.resolve())
-        return load_local(planned, machine, progress, cancel)
-
+    recording = RecordingLoader()
+    loaded = recording.paths
     heard = Heard()
     settings = Settings(model="huozi3:q4_0", n_ctx=1024, n_gpu_layers=0, temperature=0.0)
-    app = create_app(settings=settings, loader=recording_loader)
+    app = create_app(settings=settings, loader=recording)
     async with app.run_test(size=(110, 50), message_hook=heard) as pilot:
         await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
         first = _chat(app)
@@ -395,21 +406,11 @@ async def test_changing_moe_layers_in_ram_reloads_the_model_with_them(
     installed = family_model_path(paths, "huozi3", "q4_0")
     installed.parent.mkdir(parents=True, exist_ok=True)
     installed.symlink_to(tiny_models.get("merged", "q4_0", rig="chat"))
-    plans: list[tuple[int, int]] = []
-
-    def recording_loader(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        loaded = load_local(planned, machine, progress, cancel)
-        plans.append((loaded.plan.n_gpu_layers, loaded.plan.n_cpu_moe))
-        return loaded
-
+    recording = RecordingLoader()
+    plans = recording.placements
     gpu = AppOptions(machine_probe=lambda: Machine.synthetic("cuda", 8 * 1024**3, 32 * 1024**3))
     settings = Settings(model="huozi3:q4_0", n_ctx=1024, temperature=0.0)
-    app = create_app(settings=settings, loader=recording_loader, options=gpu)
+    app = create_app(settings=settings, loader=recording, options=gpu)
     async with app.run_test(size=(110, 50)) as pilot:
         await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
         first = app.screen

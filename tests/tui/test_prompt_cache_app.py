@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from tui_helpers import chat_ready, wait_for
+from tui_helpers import chat_ready, send_and_wait, wait_for
 
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.loading.cache import prompt_cache_folder
@@ -16,7 +16,6 @@ from huozi_local.testing.conversations import CONVERSATIONS
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
 from huozi_local.tui.screens.chat import ChatScreen
-from huozi_local.tui.widgets.chat_input import ChatInput
 from huozi_local.tui.widgets.conversation_list import ConversationList
 
 pytestmark = pytest.mark.slow
@@ -41,13 +40,7 @@ def chat(app: HuoziApp) -> ChatScreen:
 
 async def say(pilot: Pilot[None], app: HuoziApp, text: str) -> dict[str, object]:
     """Send `text` in the open conversation; the stored reply's statistics."""
-    screen = chat(app)
-    done = screen.replies_finished
-    prompt = screen.query_one(ChatInput)
-    prompt.focus()
-    prompt.insert(text)
-    await pilot.press("enter")
-    await wait_for(pilot, lambda: screen.replies_finished == done + 1, f"a reply to {text}")
+    screen = await send_and_wait(pilot, app, text)
     conversation_id = screen.session.conversation_id
     assert conversation_id is not None
     return screen.session.store.messages(conversation_id)[-1].meta

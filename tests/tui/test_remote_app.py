@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import TextArea
-from tui_helpers import chat_ready, wait_for
+from tui_helpers import chat_ready, send_and_wait, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,7 +25,6 @@ from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.settings import SettingsScreen
-from huozi_local.tui.widgets.chat_input import ChatInput
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +55,7 @@ async def test_a_system_prompt_changed_in_settings_reaches_the_remote_server(
         await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
 
         async def say(text: str) -> None:
-            screen = app.screen
-            assert isinstance(screen, ChatScreen)
-            done = screen.replies_finished
-            prompt = screen.query_one(ChatInput)
-            prompt.focus()
-            prompt.insert(text)
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: screen.replies_finished == done + 1, f"a reply to {text}")
+            await send_and_wait(pilot, app, text)
 
         async def set_system_prompt(text: str) -> None:
             await pilot.press("ctrl+s")

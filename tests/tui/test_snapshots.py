@@ -20,6 +20,7 @@ from huozi_local.core.config import Paths, Settings
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.store.conversations import ConversationStore
+from huozi_local.testing.conversations import SHOWCASE_ANSWER, SHOWCASE_QUESTION
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
 from huozi_local.tui.model_choice import load_local, plan_file
@@ -30,15 +31,7 @@ GIB = 1024**3
 FIXED_HOME = Path("/tmp/huozi-local-snapshot-home")
 SIZE = (110, 34)
 
-QUESTION = "请用三句话介绍一下哈尔滨工业大学。"
-ANSWER = """哈尔滨工业大学（简称**哈工大**）创建于 1920 年，是中国著名的理工科大学。
-
-- 它在航天、机器人和计算机领域实力突出；
-- 社会计算与信息检索研究中心（SCIR）发布了**活字**大模型。
-
-```python
-print("你好，活字！")
-```"""
+QUESTION, ANSWER = SHOWCASE_QUESTION, SHOWCASE_ANSWER
 
 
 @pytest.fixture

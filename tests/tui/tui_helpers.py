@@ -15,6 +15,7 @@ from huozi_local.core.planning.hardware import GiB, Machine
 if TYPE_CHECKING:
     from huozi_local.core.loading.load import PlannedLoad
     from huozi_local.tui.model_choice import LoadedBackend
+    from huozi_local.tui.screens.chat import ChatScreen
 
 MAX_STEPS = 2000
 Result = TypeVar("Result")
@@ -55,3 +56,19 @@ def load_tiny(
         machine=machine,
     )  # fmt: skip
     return planned, load_local(planned, machine)
+
+
+async def send_and_wait(pilot: Pilot[None], app: App[None], text: str) -> ChatScreen:
+    """Type `text` in the open chat and press Enter, as a person does; wait for the reply."""
+    from huozi_local.tui.screens.chat import ChatScreen
+    from huozi_local.tui.widgets.chat_input import ChatInput
+
+    screen = app.screen
+    assert isinstance(screen, ChatScreen)
+    done = screen.replies_finished
+    prompt = screen.query_one(ChatInput)
+    prompt.focus()
+    prompt.insert(text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: screen.replies_finished == done + 1, f"a reply to {text}")
+    return screen

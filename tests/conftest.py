@@ -18,6 +18,50 @@ TEST_MACHINE = Machine.synthetic("cpu", 0, 24 * GiB, cores=2)
 (21 GiB of RAM available, two cores). Tests that need another one describe it themselves."""
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY")
+UNSET_FOR_TESTS = (
+    "HF_HUB_OFFLINE",  # the download tests talk to their own hub on 127.0.0.1
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+    "MODELSCOPE_ENDPOINT",
+    "NO_COLOR",  # snapshots are taken in colour; NO_COLOR=1 in a shell must not change them
+    "FORCE_COLOR",
+    "HUOZI_HOME",  # tests that want one ask for the huozi_home fixture
+    "HUOZI_MODELS_DIR",
+    "LC_ALL",
+)
+
+
+@pytest.fixture(autouse=True)
+def pinned_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The suite owns its environment: whatever the shell says (proxies, offline mode, NO_COLOR,
+    a C locale, a read-only home), every test, and every child process it starts, sees the same.
+
+    Proxies are cleared and loopback named as direct (a test that wants a proxy sets one), and
+    HOME and the XDG folders point into the test's own folder, so nothing a library writes
+    (ModelScope's credentials, caches) lands in the real home.
+    """
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost,::1")
+    for name in UNSET_FOR_TESTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    home = tmp_path_factory.mktemp("home")  # beside the test's tmp_path, never inside it
+    monkeypatch.setenv("HOME", str(home))
+    for name, folder in (
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_STATE_HOME", ".local/state"),
+    ):
+        monkeypatch.setenv(name, str(home / folder))
+
+
 @pytest.fixture(autouse=True)
 def described_machine(monkeypatch: pytest.MonkeyPatch) -> Machine:
     """Plans never depend on the machine running the tests (a GPU, a Mac, free RAM that moves).

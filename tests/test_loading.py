@@ -67,10 +67,14 @@ def test_a_load_from_the_command_line_reads_the_header_once(
 ) -> None:
     """The header was parsed at every step (resolve, --ctx check, plan, engine): two opens of a
     27 GB file's header for a CPU load, four with --rpc. Now it is read once and passed down."""
+    from huozi_local.testing.rpc_worker import RpcWorker
+
     model = tiny_models.get("merged", "q4_0", rig="chat")
     ask = ("ask", "你好", "--model", str(model), "--max-tokens", "4", "--json")
     assert _opens_during(model, *ask, home=huozi_home) == 1
     assert _opens_during(model, *ask, "--ctx", "512", "--gpu-layers", "0", home=huozi_home) == 1
+    with RpcWorker() as worker:  # an RPC device: planned, dry-run fitted and loaded on it
+        assert _opens_during(model, *ask, "--rpc", str(worker.endpoint), home=huozi_home) == 1
 
 
 def test_overrides_win_for_this_run_and_give_way_to_what_the_user_edits() -> None:

@@ -15,7 +15,7 @@ from api_server import RunningServer, running_server
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.server.app import _engine_error
-from huozi_local.server.guard import HostPolicy
+from huozi_local.server.guard import DEFAULT_MAX_BODY_BYTES, HostPolicy
 from huozi_local.server.schemas import MAX_MESSAGES
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
@@ -255,3 +255,36 @@ def test_a_server_with_an_api_key_answers_any_host_name(engine: LlamaEngine) -> 
         authorized = {**named, "Authorization": "Bearer s3cret"}
         status, _headers, _raw = request(keyed, "GET", "/models", None, authorized)
         assert status == 200
+
+
+def test_the_documented_limits_hold_on_a_server_with_its_defaults(engine: LlamaEngine) -> None:
+    """The README promises 413 over 8 MiB and 400 over 10000 messages: checked at exactly those
+    values on a server built as `serve` builds it (no limit overridden)."""
+    assert (DEFAULT_MAX_BODY_BYTES, MAX_MESSAGES) == (8 * 1024 * 1024, 10_000)
+    with running_server(engine) as server:
+        for length, refused in ((8 * 1024 * 1024 + 1, True), (8 * 1024 * 1024, False)):
+            assert (_status_for_declared_length(server, length) == 413) == refused
+        for count, refused in ((10_000, False), (10_001, True)):
+            messages = [{"role": "user", "content": "嗨"}] * count
+            body = json.dumps({"messages": messages, "max_tokens": 1}).encode()
+            status, _headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+            assert (status == 400 and error_of(raw)["code"] == "too_many_messages") == refused
+
+
+def _status_for_declared_length(server: RunningServer, length: int) -> int:
+    """The answer to a POST that declares `length` bytes and sends only a part of them: a body
+    over the limit is refused by its Content-Length before it is read."""
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        connection.putrequest("POST", parts.path + "/chat/completions")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(length))
+        connection.endheaders()
+        connection.send(b'{"messages": [')
+        try:
+            return connection.getresponse().status
+        except TimeoutError:
+            return 0  # still waiting for the rest of the body: not refused
+    finally:
+        connection.close()

@@ -67,6 +67,7 @@ def run_cancelable(work: Callable[[threading.Event], T], what: str) -> T:
     from huozi_local.core.errors import Cancelled
 
     cancel = threading.Event()
+    finished = threading.Event()
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -74,15 +75,21 @@ def run_cancelable(work: Callable[[threading.Event], T], what: str) -> T:
             outcome["result"] = work(cancel)
         except BaseException as exc:  # handed to the main thread, which reports it
             outcome["error"] = exc
+        finally:
+            finished.set()
 
     worker = threading.Thread(target=target, name=f"huozi-{what}", daemon=True)
     worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        cancel.set()
-        worker.join()
+    # An Event, not Thread.join: a Ctrl-C that lands inside join() can make CPython (3.11,
+    # gh-90882) consider the thread finished while it still runs; the process then exited with
+    # the work cut off before its cleanup (a repair's `.partial` was left behind).
+    while True:
+        try:
+            while not finished.wait(0.2):
+                pass
+            break
+        except KeyboardInterrupt:
+            cancel.set()  # and keep waiting: the core stops at its next check, cleaned up
     error = outcome.get("error")
     if error is not None:
         raise error

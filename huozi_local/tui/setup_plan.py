@@ -104,17 +104,26 @@ def build_setup_report(
     )
 
 
+def shown_folder(folder: Path) -> str:
+    """A folder as a person reads it: under their home, `~/...`."""
+    try:
+        return "~/" + folder.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(folder)
+
+
 def disk_line(option: SetupOption | None, models_dir: Path, free: int) -> str:
     """The peak need and what stays free: a legacy file is repaired as it arrives, so it never
     needs room for a second copy."""
     if option is None:
-        return f"磁盘 Disk: {format_bytes(free)} free in {models_dir}"
+        return f"磁盘 Disk: {format_bytes(free)} free in {shown_folder(models_dir)}"
     need = disk_need(option.size_bytes, legacy=False, free=free)
     parts = f"download {format_bytes(option.size_bytes)}"
     if option.needs_repair:
         parts += ", repaired as it arrives"
     line = (
-        f"磁盘 Disk: needs {format_bytes(need.peak_bytes)} at peak ({parts}) in {models_dir}; "
+        f"磁盘 Disk: needs {format_bytes(need.peak_bytes)} at peak ({parts}) in "
+        f"{shown_folder(models_dir)}; "
         f"{format_bytes(free)} free"
     )
     if not need.fits:

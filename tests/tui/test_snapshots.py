@@ -1,7 +1,8 @@
 """Snapshots of the main screens with Chinese text (pytest-textual-snapshot's snap_compare).
 
-Deterministic by construction: a fixed terminal size, a fixed HUOZI_HOME path, a described
-machine and disk, and stored reply statistics instead of live timings. Regenerate after an
+Deterministic by construction: a fixed terminal size, a HUOZI_HOME under the test's own HOME
+(shown as `~/huozi-snapshot`, so every run, and two runs at once, draw the same text), a
+described machine and disk, and stored reply statistics instead of live timings. Regenerate after an
 intended change with `pytest tests/tui/test_snapshots.py --snapshot-update`.
 """
 
@@ -28,7 +29,6 @@ from huozi_local.tui.options import AppOptions
 from huozi_local.tui.session import ModelInfo
 
 GIB = 1024**3
-FIXED_HOME = Path("/tmp/huozi-local-snapshot-home")
 SIZE = (110, 34)
 
 QUESTION, ANSWER = SHOWCASE_QUESTION, SHOWCASE_ANSWER
@@ -36,10 +36,10 @@ QUESTION, ANSWER = SHOWCASE_QUESTION, SHOWCASE_ANSWER
 
 @pytest.fixture
 def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Paths]:
-    shutil.rmtree(FIXED_HOME, ignore_errors=True)
-    monkeypatch.setenv("HUOZI_HOME", str(FIXED_HOME))
+    """HOME is the test's own folder (conftest): this one is new for every test and run."""
+    home = Path.home() / "huozi-snapshot"
+    monkeypatch.setenv("HUOZI_HOME", str(home))
     yield Paths.from_env()
-    shutil.rmtree(FIXED_HOME, ignore_errors=True)
 
 
 SOURCES = (

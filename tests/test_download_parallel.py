@@ -275,3 +275,24 @@ def test_download_json_reports_bytes_seconds_and_connections(
     assert (report["connections"], report["bytes_downloaded"]) == (3, legacy.stat().st_size)
     assert report["repaired"] and report["seconds"] > 0 and report["resumed_from"] == 0
     assert hub.most_at_once <= 3
+
+
+def test_a_repair_in_the_stream_that_fails_its_check_is_deleted_not_kept(
+    hub: FakeHub, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download's sha256 can match while the file written from it is wrong (here: one
+    tensor name changed as the new header is written). The re-read catches it, and the files go:
+    kept, a rerun would find every range done and fail the same way for ever."""
+    from huozi_local.core.fetch import in_place
+    from huozi_local.core.gguf.rewrite import pwrite_all as real_pwrite_all
+
+    def damaging_pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if offset == 0:
+            data = bytes(data).replace(b"blk.0.ffn_gate_exps", b"blk.0.ffn_gatx_exps")
+        real_pwrite_all(fd, data, offset)
+
+    monkeypatch.setattr(in_place, "pwrite_all", damaging_pwrite_all)
+    with pytest.raises(HuoziError, match=r"failed verification.*the download was deleted"):
+        download_model(SPEC, paths, endpoint=hub.hub_url)
+    final = family_model_path(paths, "huozi3", "q2_k")
+    assert not final.exists() and not any(p.exists() for p in InPlaceFiles(final).all())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from huozi_local.core import huozi
-from huozi_local.core.errors import Cancelled
+from huozi_local.core.errors import Cancelled, GGUFError
 from huozi_local.core.gguf.header import GGUFFile, read_gguf
 from huozi_local.core.gguf.repair import (
     RepairResult,
@@ -293,3 +293,23 @@ def test_experts_interleaved_in_the_source_merge_the_same(
     assert result.output is not None and fixed.layout == "merged"
     for tensor in merged.tensors:
         assert _tensor_bytes(fixed, tensor.name) == _tensor_bytes(merged, tensor.name)
+
+
+def test_a_repaired_file_that_does_not_read_back_as_planned_never_looks_finished(
+    tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last step re-reads what was written. A header that went wrong on its way to the disk
+    (here: one tensor name changed as it is written) fails that check, and nothing is left that
+    a later command could load as a repaired model."""
+    from huozi_local.core.gguf import repair as repair_module
+    from huozi_local.core.gguf.rewrite import pwrite_all as real_pwrite_all
+
+    def damaging_pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if offset == 0:
+            data = bytes(data).replace(b"blk.0.ffn_gate_exps", b"blk.0.ffn_gatx_exps")
+        real_pwrite_all(fd, data, offset)
+
+    monkeypatch.setattr(repair_module, "pwrite_all", damaging_pwrite_all)
+    with pytest.raises(GGUFError, match=r"failed verification: tensor blk\.0\.ffn_gate_exps"):
+        repair_gguf(tiny_models.get("split", "q4_0"), tmp_path / "out.gguf")
+    assert list(tmp_path.iterdir()) == []

@@ -262,7 +262,14 @@ def download_in_place(
         )
     changes: list[str] = []
     if layout.repair is not None and gguf is not None:
-        verify_repaired(gguf, files.main, layout.repair, sha256)
+        try:
+            verify_repaired(gguf, files.main, layout.repair, sha256)
+        except GGUFError as exc:
+            files.discard()  # a rerun would only find the same bytes and fail the same way
+            raise GGUFError(
+                f"{final.name}: {exc}; the download was deleted: run the command again, and if "
+                "it fails twice use --keep-original (download as published, repair afterwards)"
+            ) from exc
         changes = [
             *repair_plan(gguf),
             "repaired while downloading: each range written to its place in the merged file",

@@ -10,12 +10,14 @@ test's loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,13 +236,65 @@ def test_the_planned_placement_stays_under_the_budget_on_the_worker(
     assert plan["breakdown"]["gpu"]["total"] == pytest.approx(allocated, rel=0.03)
 
 
-def test_a_worker_with_a_cache_keeps_large_tensors_for_the_next_load(
+class CountingRelay:
+    """A TCP relay on 127.0.0.1 in front of a worker that counts the bytes clients send it:
+    what the worker's tensor cache saves is bytes on the wire, so that is what is measured."""
+
+    def __init__(self, target: Endpoint) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = Endpoint("127.0.0.1", int(self._listener.getsockname()[1]))
+        self.sent = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            worker = socket.create_connection((self._target.host, self._target.port))
+            threading.Thread(target=self._pump, args=(client, worker, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(worker, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 20):
+                if counted:
+                    with self._lock:
+                        self.sent += len(data)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def take(self) -> int:
+        """Bytes sent to the worker since the last call."""
+        with self._lock:
+            sent, self.sent = self.sent, 0
+        return sent
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_worker_with_a_cache_is_sent_hashes_not_bytes_on_the_next_load(
     real_shape_slice: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "tensor-cache"
     with RpcWorker(cache=cache) as cached:
-        # The output alone on the worker: output.weight is 131 MB, over the 10 MiB hash limit.
-        first, second = _allocations(real_shape_slice, cached.endpoint, "1:0:2048:1,1:0:2048:1")
+        relay = CountingRelay(cached.endpoint)
+        try:
+            # The output alone on the worker: output.weight is 131 MB, over the 10 MiB hash
+            # limit; each load is a client process of its own, as a user's second run is.
+            (first,) = _allocations(real_shape_slice, relay.endpoint, "1:0:2048:1")
+            first_sent = relay.take()
+            (second,) = _allocations(real_shape_slice, relay.endpoint, "1:0:2048:1")
+            second_sent = relay.take()
+        finally:
+            relay.close()
     assert first["llama"] == second["llama"] and first["llama"]["weights"] > 100 * MiB
+    assert first_sent > first["llama"]["weights"]  # the first load sends the tensors' bytes
+    assert second_sent < 10 * MiB  # the next sends their hashes: the worker loads its copies
     kept = list(cache.iterdir())
     assert kept and all(f.stat().st_size > 10 * MiB for f in kept)

@@ -135,3 +135,33 @@ def test_download_with_no_model_offline_names_the_planners_file(
     assert main(["download", "--offline"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"huozi3:{expected}" in err
+
+
+def test_huozi_models_dir_holds_the_models_even_under_huozi_home(
+    huozi_home: Path,
+    tmp_path: Path,
+    tiny_models: TinyModels,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The narrower setting wins: it is what a full disk's message tells people to set."""
+    big_disk = tmp_path / "big-disk" / "models"
+    monkeypatch.setenv("HUOZI_MODELS_DIR", str(big_disk))
+    paths = Paths.from_env()
+    assert paths.models_dir == big_disk and paths.data_dir == huozi_home / "data"
+    with running_hub() as fake:
+        fake.add_file("HIT-SCIR/huozi3-gguf", "huozi3-q2_k.gguf", tiny_models.get("split", "q4_0"))
+        download_model("huozi3:q2_k", paths, endpoint=fake.hub_url)
+    assert not (huozi_home / "models").exists()
+    row = by_spec(models_json(capsys, "--offline"))["huozi3:q2_k"]
+    assert row["state"] == "repaired" and Path(str(row["path"])).is_relative_to(big_disk)
+
+
+def test_without_huozi_home_the_models_dir_moves_only_the_models(tmp_path: Path) -> None:
+    alone = Paths.from_env({"HUOZI_MODELS_DIR": str(tmp_path / "m")})
+    default = Paths.from_env({})
+    assert alone.models_dir == tmp_path / "m" and default.models_dir == default.data_dir / "models"
+    assert (alone.config_dir, alone.data_dir, alone.cache_dir) == (
+        default.config_dir, default.data_dir, default.cache_dir,
+    )  # fmt: skip
+    assert Paths.from_env({"HUOZI_MODELS_DIR": ""}).models_dir == default.models_dir

@@ -2,8 +2,10 @@
 
 One environment variable, HUOZI_HOME, moves every path (config, data, models, cache) under one
 folder: tests use it to stay out of the real home, and portable installs use it to live on a USB
-disk. Without it the platform's conventional folders are used (platformdirs). Nothing is created
-at import time; folders are made when something is first written.
+disk. Without it the platform's conventional folders are used (platformdirs). HUOZI_MODELS_DIR
+moves only the models (tens of GB) and, being the narrower setting, wins over HUOZI_HOME, as
+HF_HUB_CACHE does over HF_HOME: it is what a full disk's message tells people to set. Nothing is
+created at import time; folders are made when something is first written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 APP_NAME = "huozi-local"
 HOME_ENV = "HUOZI_HOME"
+MODELS_ENV = "HUOZI_MODELS_DIR"
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,21 @@ class Paths:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Paths:
         env = os.environ if environ is None else environ
+        models = env.get(MODELS_ENV)
+        models_dir = Path(models).expanduser() if models else None
         home = env.get(HOME_ENV)
         if home:
             root = Path(home).expanduser()
-            return cls(root / "config", root / "data", root / "models", root / "cache")
+            return cls(
+                root / "config", root / "data", models_dir or root / "models", root / "cache"
+            )
         import platformdirs
 
         data = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
         return cls(
             config_dir=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
             data_dir=data,
-            models_dir=Path(env.get("HUOZI_MODELS_DIR", str(data / "models"))).expanduser(),
+            models_dir=models_dir or data / "models",
             cache_dir=Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)),
         )
 

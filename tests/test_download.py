@@ -131,11 +131,16 @@ def test_connection_cut_mid_file_resumes_with_a_range_request(
     assert hub.body_bytes_sent() == size  # nothing was fetched twice
 
 
+@pytest.mark.parametrize("way", ["ranges", "server ignores ranges", "--keep-original"])
 def test_corrupt_bytes_are_detected_and_never_marked_complete(
-    hub: FakeHub, paths: Paths, capsys: pytest.CaptureFixture[str]
+    hub: FakeHub, paths: Paths, capsys: pytest.CaptureFixture[str], way: str
 ) -> None:
+    """Each way a file can arrive: several connections, or one stream when the server ignores
+    ranges or the original is kept."""
     hub.corrupt = True
-    code, _, err = run_cli(capsys, "download", SPEC, "--endpoint", hub.hub_url)
+    hub.ignore_range = way == "server ignores ranges"
+    keep = ["--keep-original"] if way == "--keep-original" else []
+    code, _, err = run_cli(capsys, "download", SPEC, "--endpoint", hub.hub_url, *keep)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "corrupt" in err and "run the command again" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -30,6 +31,17 @@ UNSET_FOR_TESTS = (
     "HUOZI_MODELS_DIR",
     "LC_ALL",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the children the tests start, as it does a user's command.
+
+    A shell starts a background job (`pytest ... &`, CI runners, nohup) with SIGINT ignored, and an
+    ignored signal stays ignored across exec: every child would then shrug off the Ctrl-C its test
+    sends. A handled signal is reset to the default in a child, so handling it here is enough.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -274,3 +274,33 @@ def test_the_protocol_error_is_worded_by_both_front_ends() -> None:
     assert cli_wording(error).startswith(line + ": ")
     assert "--endpoint" in cli_wording(error)
     assert cli_wording(error) != app_wording(error) and "--" not in app_wording(error)
+
+
+def test_in_a_terminal_chat_a_failed_reply_is_one_line_and_the_chat_goes_on(
+    huozi_home: Path,
+) -> None:
+    """A person at `chat --endpoint` loses one reply to a malformed chunk, not the chat: the
+    line names the server, the prompt comes back, and /regen gets the reply the server now
+    sends properly. (Piped input still ends with status 2: see the test above.)"""
+    broken = event_stream(chunk(choices=5))
+    leader, follower = os.openpty()  # stdin a terminal: the chat is interactive
+    try:
+        os.write(leader, "你好\n/regen\n/quit\n".encode())
+        with scripted_server([broken, A_GOOD_REPLY]) as url:
+            done = subprocess.run(
+                [sys.executable, "-m", "huozi_local", "chat", "--endpoint", url],
+                stdin=follower,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HUOZI_HOME": str(huozi_home)},
+                timeout=120,
+            )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith(f"huozi-local: {url} sent a chunk whose 'choices' is a number: ")
+    assert lines[0].endswith("(/regen asks again)")
+    assert "你好！" in done.stdout and done.stdout.count("用户> ") == 3

@@ -54,9 +54,14 @@ def test_every_error_whose_fix_differs_is_worded_by_both_front_ends() -> None:
     from huozi_local.tui.remedies import APP_REMEDIES
 
     with_fixes = {errors.ContextTooSmall, errors.PlanDoesNotFit, errors.LegacyLayout,
-                  errors.ModelNotDownloaded, errors.SourceLacksModel}  # fmt: skip
+                  errors.ModelNotDownloaded, errors.SourceLacksModel,
+                  errors.RemoteProtocolError}  # fmt: skip
     assert set(CLI_REMEDIES) == set(APP_REMEDIES) == with_fixes
     for kind in with_fixes:
-        sample = kind("x", "y") if kind in (errors.LegacyLayout,) else kind("x")
+        samples = {
+            errors.LegacyLayout: errors.LegacyLayout("x", "y"),
+            errors.RemoteProtocolError: errors.RemoteProtocolError("x", server="http://h/v1"),
+        }
+        sample = samples.get(kind) or kind("x")
         cli, app = CLI_REMEDIES[kind](sample), APP_REMEDIES[kind](sample)
         assert cli and app and cli != app and "--" not in app  # no flag named in the app

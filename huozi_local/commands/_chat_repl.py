@@ -208,7 +208,7 @@ class ChatRepl:
         from huozi_local.commands._engine_load import closed_after, result_record
         from huozi_local.core.chat.template import with_system_prompt
         from huozi_local.core.chat.types import ChatMessage, ContextTrimmed, Notice, TextDelta
-        from huozi_local.core.errors import WorkerLost
+        from huozi_local.core.errors import RemoteError, WorkerLost
 
         cancel = threading.Event()
         previous = signal.getsignal(signal.SIGINT)
@@ -240,6 +240,21 @@ class ChatRepl:
             sys.stdout.write("\n")
             sys.stdout.flush()
             print(f"huozi-local: {exc}", file=sys.stderr, flush=True)
+            self._autosave()
+            return
+        except RemoteError as exc:
+            # One failed reply from an --endpoint server (a malformed chunk, a 502, a hang-up)
+            # ends that reply, not a person's chat: the line says why and /regen asks again.
+            # Piped turns stop here with status 2: a script cannot see a line in the middle,
+            # and the next turn would go out with a hole in its history.
+            if streaming:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            if not self.interactive:
+                raise
+            from huozi_local.commands._remedies import cli_wording
+
+            print(f"huozi-local: {cli_wording(exc)} (/regen asks again)", file=sys.stderr)
             self._autosave()
             return
         finally:

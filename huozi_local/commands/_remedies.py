@@ -13,6 +13,7 @@ from huozi_local.core.errors import (
     ModelNotDownloaded,
     PlanDoesNotFit,
     Remedies,
+    RemoteProtocolError,
     SourceLacksModel,
     with_remedy,
 )
@@ -33,6 +34,10 @@ CLI_REMEDIES: Remedies = {
     LegacyLayout: lambda e: f"run `huozi-local repair {e.path}`",
     ModelNotDownloaded: _download,
     SourceLacksModel: lambda _: "use --source hf",
+    RemoteProtocolError: lambda _: (
+        "that is not the OpenAI API; check that --endpoint is the API root of an "
+        "OpenAI-compatible server (e.g. http://HOST:8000/v1) and that the server is up to date"
+    ),
 }
 
 

@@ -68,6 +68,22 @@ class SourceLacksModel(HuoziError):
     """The chosen download source does not publish this model."""
 
 
+class RemoteError(HuoziError):
+    """An OpenAI-compatible server (`--endpoint`) gave no usable reply: it could not be reached,
+    answered with an HTTP error, reported an error, went quiet or hung up. `server` is its base
+    URL, which the message names, so the line says whose fault it is."""
+
+    def __init__(self, message: str, *, server: str) -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class RemoteProtocolError(RemoteError):
+    """The server answered, but not as the OpenAI API allows (a chunk whose 'choices' is a
+    number, bytes that are not UTF-8, an HTML page): the server is at fault, never the user's
+    input, and the fix is to point at a real OpenAI-compatible API."""
+
+
 _NAME_LOOKUP_FAILURES = (
     "name or service",
     "nodename",

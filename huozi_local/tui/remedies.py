@@ -13,6 +13,7 @@ from huozi_local.core.errors import (
     ModelNotDownloaded,
     PlanDoesNotFit,
     Remedies,
+    RemoteProtocolError,
     SourceLacksModel,
     with_remedy,
 )
@@ -23,6 +24,10 @@ APP_REMEDIES: Remedies = {
     LegacyLayout: lambda _: "import it in setup (Use a file), which repairs it",
     ModelNotDownloaded: lambda _: "download it in setup, or import a .gguf file you already have",
     SourceLacksModel: lambda _: "choose another download source",
+    RemoteProtocolError: lambda _: (
+        "that is not the OpenAI API; check that the server's address is the API root of an "
+        "OpenAI-compatible server and that the server is up to date"
+    ),
 }
 
 

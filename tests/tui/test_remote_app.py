@@ -14,7 +14,14 @@ from tui_helpers import chat_ready, send_and_wait, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_server import RunningServer, running_server
+from api_server import (
+    A_GOOD_REPLY,
+    RunningServer,
+    chunk,
+    event_stream,
+    running_server,
+    scripted_server,
+)
 
 from huozi_local.commands.app import _build
 from huozi_local.core.chat.engine import LlamaEngine
@@ -74,4 +81,28 @@ async def test_a_system_prompt_changed_in_settings_reaches_the_remote_server(
         await say("还在吗")
         assert sent[-1][0] == ChatMessage("system", "你是新的助手")
         assert [m.role for m in sent[-1]].count("system") == 1
+    store.close()
+
+
+async def test_a_malformed_reply_is_one_notice_naming_the_server_and_the_chat_goes_on(
+    huozi_home: Path,
+) -> None:
+    """A chunk whose 'choices' is a number used to kill the reply worker with a TypeError (the
+    app's crash dialog); now the person is told which server sent what, and the next message
+    gets its reply once the server sends one properly."""
+    paths = Paths.from_env()
+    store = ConversationStore.open(paths.database_file)
+    with scripted_server([event_stream(chunk(choices=5)), A_GOOD_REPLY]) as url:
+        args = argparse.Namespace(endpoint=url, api_key=None, model=None, cpu_moe=None)
+        app = _build(args, paths, Settings(), store)
+        async with app.run_test(size=(110, 50), notifications=True) as pilot:
+            await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
+            screen = await send_and_wait(pilot, app, "你好")
+            notices = [str(n.message) for n in app._notifications]
+            told = f"{url} sent a chunk whose 'choices' is a number: that is not the OpenAI API"
+            assert any(n.startswith(told) for n in notices), notices
+            assert not any("--" in n for n in notices)  # no command-line flag in the app
+            await send_and_wait(pilot, app, "再说一次")
+            transcript = [(v.role, v.text) for v in screen.message_views()]
+            assert transcript == [("user", "你好"), ("user", "再说一次"), ("assistant", "你好！")]
     store.close()

@@ -2,7 +2,9 @@
 machine, a vLLM deployment of huozi (the model README's setup), llama-server.
 
 Standard library only (http.client): the app must not depend on the `openai` package, and the core
-must not depend on the server extra. What the request carries depends on who answers:
+must not depend on the server extra. Everything the server sends is read through `openai_wire`,
+which turns it into typed values or one line naming the server and what it got wrong. What the
+request carries depends on who answers:
 
 - a huozi model (its id says so, or the server is ours): the README's vLLM fields
   (`stop_token_ids: [57001]`, `repetition_penalty`) and the Chinese roles 系统/用户/助手, because
@@ -24,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from huozi_local.core import huozi
+from huozi_local.core.chat import openai_wire as wire
 from huozi_local.core.chat.types import (
     HUOZI_ROLE_NAMES,
     ChatMessage,
@@ -33,7 +36,12 @@ from huozi_local.core.chat.types import (
     StopReason,
     TextDelta,
 )
-from huozi_local.core.errors import HuoziError, connection_failure_reason
+from huozi_local.core.errors import (
+    HuoziError,
+    RemoteError,
+    RemoteProtocolError,
+    connection_failure_reason,
+)
 
 OUR_OWNER = "huozi-local"
 FALLBACK_N_CTX = 4096
@@ -122,20 +130,22 @@ class RemoteBackend:
         """Ask the server which models it serves (once); fails with one line when it cannot."""
         if self._model is not None:
             return
-        body = self._request_json("GET", "/models", None)
-        entries = [e for e in body.get("data") or [] if isinstance(e, dict) and "id" in e]
+        entries = wire.parse_models(self._models_list(), self.endpoint)
         if not entries:
-            raise HuoziError(f"{self.endpoint} serves no models (GET /models listed none)")
-        ids = [str(e["id"]) for e in entries]
-        if self._requested_model is not None and self._requested_model not in ids:
-            raise HuoziError(
-                f"{self.endpoint} has no model '{self._requested_model}' "
-                f"(it serves: {', '.join(ids)})"
+            raise RemoteError(
+                f"{self.endpoint} serves no models (GET /models listed none)", server=self.endpoint
             )
-        chosen = next(e for e in entries if self._requested_model in (None, e["id"]))
-        self._model = str(chosen["id"])
-        self._ours = chosen.get("owned_by") == OUR_OWNER
-        self._n_ctx = _context_size(chosen) or FALLBACK_N_CTX
+        ids = [e.id for e in entries]
+        if self._requested_model is not None and self._requested_model not in ids:
+            raise RemoteError(
+                f"{self.endpoint} has no model '{self._requested_model}' "
+                f"(it serves: {wire.one_line(', '.join(ids))})",
+                server=self.endpoint,
+            )
+        chosen = next(e for e in entries if self._requested_model in (None, e.id))
+        self._model = chosen.id
+        self._ours = chosen.owned_by == OUR_OWNER
+        self._n_ctx = chosen.n_ctx or FALLBACK_N_CTX
 
     def stream_reply(
         self,
@@ -151,7 +161,7 @@ class RemoteBackend:
         parts: list[str] = []
         chunks = 0
         finish: str | None = None
-        usage: dict[str, Any] = {}
+        usage: wire.Usage | None = None
         cancel = cancel or threading.Event()
         connection, response = self._open("POST", "/chat/completions", payload)
         done = threading.Event()
@@ -160,25 +170,19 @@ class RemoteBackend:
         )
         watcher.start()
         try:
-            for data in _sse_events(response, cancel):
-                if isinstance(data.get("error"), dict):
-                    raise HuoziError(f"{self.endpoint}: {_error_message(data)}")
-                if isinstance(data.get("usage"), dict):
-                    usage = data["usage"]
-                for choice in data.get("choices") or []:
-                    if choice.get("index", 0) != 0:
-                        continue
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    if text:
-                        if first_token_at is None:
-                            first_token_at = time.perf_counter()
-                        chunks += 1
-                        parts.append(text)
-                        yield TextDelta(text)
-                    finish = choice.get("finish_reason") or finish
+            self._expect_event_stream(response)
+            for chunk in wire.chunks(response, self.endpoint, cancel):
+                usage = chunk.usage or usage
+                if chunk.text:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    chunks += 1
+                    parts.append(chunk.text)
+                    yield TextDelta(chunk.text)
+                finish = chunk.finish_reason or finish
         except (OSError, http.client.HTTPException) as exc:
             if not cancel.is_set():
-                raise HuoziError(f"lost the connection to {self.endpoint}: {exc}") from exc
+                raise self._broken(exc, "in the middle of the reply") from exc
         finally:
             done.set()
             connection.close()
@@ -214,7 +218,7 @@ class RemoteBackend:
         self,
         parts: list[str],
         finish: str | None,
-        usage: dict[str, Any],
+        usage: wire.Usage | None,
         chunks: int,
         cancelled: bool,
         started: float,
@@ -224,8 +228,8 @@ class RemoteBackend:
         stop_reason: StopReason = "cancelled" if cancelled else "stop"
         if not cancelled and finish == "length":
             stop_reason = "length"
-        completion_tokens = int(usage.get("completion_tokens") or chunks)
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = (usage and usage.completion_tokens) or chunks
+        prompt_tokens = (usage and usage.prompt_tokens) or 0
         generating = ended - (first_token_at or ended)
         return ReplyResult(
             text="".join(parts),
@@ -236,7 +240,7 @@ class RemoteBackend:
             ttft_s=(first_token_at or ended) - started,
             tokens_per_s=(completion_tokens - 1) / generating if generating > 0 else 0.0,
             model=self._model or "",
-            extra={"endpoint": self.endpoint, "usage_reported": bool(usage)},
+            extra={"endpoint": self.endpoint, "usage_reported": usage is not None},
         )
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -262,96 +266,104 @@ class RemoteBackend:
         connection = self._connection()
         try:
             connection.request(method, self._endpoint.base_path + path, body, headers)
-            response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             reason = connection_failure_reason(exc)
             hint = " (is the server running?)" if reason == "connection refused" else ""
-            raise HuoziError(f"cannot reach {self.endpoint}: {reason}{hint}") from exc
-        if response.status >= 400:
-            raw = response.read()
+            raise RemoteError(
+                f"cannot reach {self.endpoint}: {reason}{hint}", server=self.endpoint
+            ) from exc
+        try:
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise HuoziError(self._http_error_line(response.status, raw, path))
+            raise self._broken(exc, "after the request") from exc
+        if response.status >= 400:
+            try:
+                raw = response.read(wire.MAX_ERROR_BYTES)
+            except (OSError, http.client.HTTPException):
+                raw = b""  # the status says enough
+            finally:
+                connection.close()
+            detail = wire.error_detail(raw, response.getheader("Content-Type") or "")
+            raise RemoteError(
+                self._http_error_line(response.status, detail, path), server=self.endpoint
+            )
         return connection, response
 
-    def _request_json(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        connection, response = self._open(method, path, payload)
+    def _models_list(self) -> object:
+        """`GET /models` as JSON, read with a bound on its size."""
+        connection, response = self._open("GET", "/models", None)
         try:
-            raw = response.read()
+            raw = response.read(wire.MAX_BODY_BYTES + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._broken(exc, "while sending its models list") from exc
         finally:
             connection.close()
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HuoziError(
-                f"{self.endpoint}{path} did not answer with JSON: is it an OpenAI-compatible API?"
-            ) from exc
-        if not isinstance(data, dict):
-            raise HuoziError(f"{self.endpoint}{path} answered with unexpected JSON")
-        return data
+        if len(raw) > wire.MAX_BODY_BYTES:
+            raise wire.protocol_error(
+                self.endpoint, f"sent a models list larger than {wire.MAX_BODY_BYTES >> 20} MiB"
+            )
+        content_type = response.getheader("Content-Type") or ""
+        if wire.looks_like_html(content_type, raw[:1024].decode("utf-8", "replace")):
+            page = wire.describe_html(raw.decode("utf-8", "replace"))
+            raise wire.protocol_error(self.endpoint, f"answered GET /models with {page}")
+        text = wire.decode(raw, self.endpoint, "a models list")
+        return wire.loads(text, self.endpoint, "a models list")
 
-    def _http_error_line(self, status: int, raw: bytes, path: str) -> str:
-        try:
-            detail = _error_message(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            detail = raw.decode("utf-8", "replace").strip().splitlines()[0][:200] if raw else ""
-        detail = f": {detail}" if detail else ""
+    def _expect_event_stream(self, response: http.client.HTTPResponse) -> None:
+        """A reply must come as `text/event-stream`; one JSON object (a server that ignores
+        `stream: true`) or an HTML page (a proxy, a login) is said, not shown as an empty reply.
+        A missing Content-Type is let through: the events themselves are checked."""
+        content_type = response.getheader("Content-Type") or ""
+        kind = wire.media_type(content_type)
+        if not kind or kind == "text/event-stream":
+            return
+        text = response.read(wire.MAX_ERROR_BYTES).decode("utf-8", "replace")
+        if wire.looks_like_html(content_type, text):
+            raise wire.protocol_error(
+                self.endpoint, f"answered with {wire.describe_html(text)}, not an event stream"
+            )
+        reported = None
+        if kind == "application/json" and not wire.nests_deeper_than(text, wire.MAX_DEPTH):
+            try:
+                reported = wire.reported_error(json.loads(text))
+            except ValueError:
+                pass
+        if reported:
+            raise RemoteError(
+                f"{self.endpoint} reported an error: {reported}", server=self.endpoint
+            )
+        raise wire.protocol_error(
+            self.endpoint, f"answered with {wire.one_line(kind, 60)}, not an event stream"
+        )
+
+    def _broken(self, exc: BaseException, when: str) -> RemoteError:
+        """One line for a connection that failed once the server had it: silent past the
+        timeout, hung up, or not speaking HTTP at all."""
+        server = self.endpoint
+        if isinstance(exc, TimeoutError):
+            return RemoteError(
+                f"{server} sent nothing for {self._timeout:g} s {when}", server=server
+            )
+        if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+            return RemoteError(f"{server} hung up {when}", server=server)
+        if isinstance(exc, http.client.HTTPException):
+            problem = wire.one_line(f"{type(exc).__name__}: {exc}", 120)
+            return RemoteProtocolError(
+                f"{server} did not answer in HTTP {when} ({problem})", server=server
+            )
+        reason = connection_failure_reason(exc)
+        return RemoteError(f"lost the connection to {server} {when}: {reason}", server=server)
+
+    def _http_error_line(self, status: int, detail: str, path: str) -> str:
         if status == 401:
             return f"{self.endpoint} refused the API key (401){detail}; pass the right --api-key"
         if status == 404 and path == "/models":
             return f"{self.endpoint} has no OpenAI API here (404 on {path}); check the URL"
         if status == 404:
-            return f"{self.endpoint}: model '{self._model}' not found (404){detail}"
+            return f"{self.endpoint} has no model '{self._model}' (404){detail}"
         return f"{self.endpoint} answered {status}{detail}"
-
-
-def _context_size(entry: dict[str, Any]) -> int:
-    """`n_ctx` (ours), `max_model_len` (vLLM) or `meta.n_ctx_train` (llama-server)."""
-    meta = entry.get("meta")
-    if not isinstance(meta, dict):
-        meta = {}
-    for value in (entry.get("n_ctx"), entry.get("max_model_len"), meta.get("n_ctx_train")):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return 0
-
-
-def _error_message(data: Any) -> str:
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    if isinstance(error, str):
-        return error
-    if isinstance(data, dict) and "detail" in data:
-        return str(data["detail"])
-    return ""
-
-
-def _sse_events(
-    response: http.client.HTTPResponse, cancel: threading.Event
-) -> Iterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent event stream, up to `data: [DONE]`."""
-    data_lines: list[str] = []
-    while not cancel.is_set():
-        raw = response.readline()
-        if not raw:
-            return
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-            continue
-        if line or not data_lines:
-            continue  # comments, `event:` lines, keep-alives
-        payload = "\n".join(data_lines)
-        data_lines = []
-        if payload == "[DONE]":
-            return
-        try:
-            event = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise HuoziError(f"the server sent a malformed event: {payload[:120]!r}") from exc
-        if isinstance(event, dict):
-            yield event
 
 
 def _hang_up_on_cancel(

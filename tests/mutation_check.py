@@ -57,6 +57,17 @@ SABOTAGES = (
         ("tests/test_repair.py", "tests/test_repair_cli.py"),
     ),
     Sabotage(
+        "repair: a temporary name that leads to the source is written through",
+        (
+            Edit(
+                "huozi_local/core/gguf/repair.py",
+                "        if partial.samefile(src):\n",
+                "        if False:\n",
+            ),
+        ),
+        ("tests/test_repair_cli.py",),
+    ),
+    Sabotage(
         "download: the re-read of a file repaired in the stream removed",
         (
             Edit(

@@ -101,6 +101,39 @@ SABOTAGES = (
         ("tests/test_download.py",),
     ),
     Sabotage(
+        "import: a different model under the same name replaced without --replace",
+        (
+            Edit(
+                "huozi_local/core/fetch/adopt.py",
+                "        if not replace:\n",
+                "        if False:\n",
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
+    ),
+    Sabotage(
+        "download: another file under the model's name downloaded over",
+        (
+            Edit(
+                "huozi_local/core/fetch/download.py",
+                "        if replace:\n            return None\n",
+                "        return None\n",
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
+    ),
+    Sabotage(
+        "import --move: the source taken from its place before the model is in place",
+        (
+            Edit(
+                "huozi_local/core/fetch/adopt_place.py",
+                '        return "moved"\n',
+                '        source.rename(staging)\n        return "linked"\n',
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
+    ),
+    Sabotage(
         "download/import: Ctrl-C exits at once instead of cancelling",
         (
             Edit(

@@ -57,6 +57,17 @@ SABOTAGES = (
         ("tests/test_repair.py", "tests/test_repair_cli.py"),
     ),
     Sabotage(
+        "repair: a temporary name that leads to the source is written through",
+        (
+            Edit(
+                "huozi_local/core/gguf/repair.py",
+                "        if partial.samefile(src):\n",
+                "        if False:\n",
+            ),
+        ),
+        ("tests/test_repair_cli.py",),
+    ),
+    Sabotage(
         "download: the re-read of a file repaired in the stream removed",
         (
             Edit(
@@ -88,6 +99,39 @@ SABOTAGES = (
             ),
         ),
         ("tests/test_download.py",),
+    ),
+    Sabotage(
+        "import: a different model under the same name replaced without --replace",
+        (
+            Edit(
+                "huozi_local/core/fetch/adopt.py",
+                "        if not replace:\n",
+                "        if False:\n",
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
+    ),
+    Sabotage(
+        "download: another file under the model's name downloaded over",
+        (
+            Edit(
+                "huozi_local/core/fetch/download.py",
+                "        if replace:\n            return None\n",
+                "        return None\n",
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
+    ),
+    Sabotage(
+        "import --move: the source taken from its place before the model is in place",
+        (
+            Edit(
+                "huozi_local/core/fetch/adopt_place.py",
+                '        return "moved"\n',
+                '        source.rename(staging)\n        return "linked"\n',
+            ),
+        ),
+        ("tests/test_import_collisions.py",),
     ),
     Sabotage(
         "download/import: Ctrl-C exits at once instead of cancelling",

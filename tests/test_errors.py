@@ -55,12 +55,13 @@ def test_every_error_whose_fix_differs_is_worded_by_both_front_ends() -> None:
 
     with_fixes = {errors.ContextTooSmall, errors.PlanDoesNotFit, errors.LegacyLayout,
                   errors.ModelNotDownloaded, errors.SourceLacksModel,
-                  errors.RemoteProtocolError}  # fmt: skip
+                  errors.RemoteProtocolError, errors.ModelExists}  # fmt: skip
     assert set(CLI_REMEDIES) == set(APP_REMEDIES) == with_fixes
     for kind in with_fixes:
         samples = {
             errors.LegacyLayout: errors.LegacyLayout("x", "y"),
             errors.RemoteProtocolError: errors.RemoteProtocolError("x", server="http://h/v1"),
+            errors.ModelExists: errors.ModelExists("x", "/m/a.gguf", "import"),
         }
         sample = samples.get(kind) or kind("x")
         cli, app = CLI_REMEDIES[kind](sample), APP_REMEDIES[kind](sample)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,84 @@ def test_repair_output_may_replace_its_own_earlier_output(
     before = other_model.read_bytes()
     assert main(["repair", str(src), "-o", str(other_model)]) == 2
     assert other_model.read_bytes() == before
+
+
+def _partial_is_the_source_itself(src: Path, folder: Path) -> list[str]:
+    """`repair X.partial -o X`: the output's temporary name is the source's own name."""
+    renamed = folder / "model.gguf.partial"
+    src.rename(renamed)
+    return ["repair", str(renamed), "-o", str(folder / "model.gguf")]
+
+
+def _partial_is_a_symlink_to_the_source(src: Path, folder: Path) -> list[str]:
+    (folder / "model.gguf.partial").symlink_to(src)
+    return ["repair", str(src), "-o", str(folder / "model.gguf")]
+
+
+def _partial_is_a_hard_link_to_the_source(src: Path, folder: Path) -> list[str]:
+    os.link(src, folder / "model.gguf.partial")
+    return ["repair", str(src), "-o", str(folder / "model.gguf")]
+
+
+def _output_is_the_source(src: Path, folder: Path) -> list[str]:
+    return ["repair", str(src), "-o", str(src)]
+
+
+def _output_is_a_hard_link_to_the_source(src: Path, folder: Path) -> list[str]:
+    os.link(src, folder / "model.gguf")
+    return ["repair", str(src), "-o", str(folder / "model.gguf")]
+
+
+def _output_is_a_symlink_to_the_source(src: Path, folder: Path) -> list[str]:
+    (folder / "model.gguf").symlink_to(src)
+    return ["repair", str(src), "-o", str(folder / "model.gguf")]
+
+
+@pytest.mark.parametrize(
+    "arrange",
+    [
+        _partial_is_the_source_itself,
+        _partial_is_a_symlink_to_the_source,
+        _partial_is_a_hard_link_to_the_source,
+        _output_is_the_source,
+        _output_is_a_hard_link_to_the_source,
+        _output_is_a_symlink_to_the_source,
+    ],
+    ids=lambda arrange: arrange.__name__.strip("_").replace("_", "-"),
+)
+def test_repair_never_modifies_its_source_whatever_the_names(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    arrange: Callable[[Path, Path], list[str]],
+) -> None:
+    """`repair X.partial -o X` truncated X.partial, its own source, to write the result into it
+    (so did a stale `out.gguf.partial` that was a symlink or hard link to the source)."""
+    src = _legacy_copy(tiny_models, tmp_path)
+    before = file_sha256(src)
+    inode = src.stat().st_ino
+    argv = arrange(src, tmp_path)
+    names_before = sorted(p.name for p in tmp_path.iterdir())
+
+    assert main(argv) == 2
+    assert "the source is never modified" in _one_line_error(capsys)
+    names = [p for p in tmp_path.rglob("*") if not p.is_symlink() and p.stat().st_ino == inode]
+    assert names and all(file_sha256(name) == before for name in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names_before
+
+
+def test_a_stale_partial_that_links_elsewhere_is_replaced_not_written_through(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    """The temporary file is always a new file: a leftover symlink under its name is removed,
+    never followed (the repair wrote through it into whatever it pointed at)."""
+    src = _legacy_copy(tiny_models, tmp_path)
+    elsewhere = tmp_path / "notes.txt"
+    elsewhere.write_text("someone else's file\n")
+    (tmp_path / "out.gguf.partial").symlink_to(elsewhere)
+
+    assert main(["repair", str(src), "-o", str(tmp_path / "out.gguf")]) == 0
+
+    assert elsewhere.read_text() == "someone else's file\n"
+    assert read_gguf(tmp_path / "out.gguf").layout == "merged"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "out.gguf", "src"]

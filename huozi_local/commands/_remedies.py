@@ -10,6 +10,7 @@ from huozi_local.core.errors import (
     ContextTooSmall,
     HuoziError,
     LegacyLayout,
+    ModelExists,
     ModelNotDownloaded,
     PlanDoesNotFit,
     Remedies,
@@ -28,11 +29,23 @@ def _download(error: ModelNotDownloaded) -> str:
     )
 
 
+def _occupied(error: ModelExists) -> str:
+    if error.command == "download":
+        return "pass --replace to download over it (it stays until the new file is verified)"
+    if error.own_name:
+        return "pass --replace to replace it, or rename your file and import it again"
+    return (
+        "pass --replace to replace it, or --keep-both to keep it and import this one under "
+        "its own file name"
+    )
+
+
 CLI_REMEDIES: Remedies = {
     PlanDoesNotFit: lambda _: "lower --ctx or --gpu-layers, or pass --force to load it anyway",
     ContextTooSmall: lambda _: "shorten it or load the model with a larger --ctx",
     LegacyLayout: lambda e: f"run `huozi-local repair {e.path}`",
     ModelNotDownloaded: _download,
+    ModelExists: _occupied,
     SourceLacksModel: lambda _: "use --source hf",
     RemoteProtocolError: lambda _: (
         "that is not the OpenAI API; check that --endpoint is the API root of an "

@@ -62,10 +62,8 @@ def run_cancelable(work: Callable[[threading.Event], T], what: str) -> T:
 
     Interrupting the work itself could stop it between a write and the rename that marks a file
     finished; the cancel event lets the core stop at its next check and leave every finished file
-    intact and every partial one resumable. Raises Cancelled("<what> cancelled") when cancelled.
+    intact and every partial one resumable; the core raises Cancelled when it stopped.
     """
-    from huozi_local.core.errors import Cancelled
-
     cancel = threading.Event()
     finished = threading.Event()
     outcome: dict[str, Any] = {}
@@ -93,7 +91,7 @@ def run_cancelable(work: Callable[[threading.Event], T], what: str) -> T:
     error = outcome.get("error")
     if error is not None:
         raise error
-    if cancel.is_set():
-        raise Cancelled(f"{what} cancelled")
+    # A Ctrl-C after the work's last cancel check did not stop it: it finished (an import may
+    # have moved the user's file), so report what happened rather than "cancelled, unchanged".
     result: T = outcome["result"]
     return result

@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep a legacy file's original next to its repaired copy",
     )
     parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="download over another file that has the model's name (one you imported or put "
+        "there); it stays until the new file is verified",
+    )
+    parser.add_argument(
         "--connections",
         type=int,
         metavar="N",
@@ -79,6 +85,7 @@ def run_download(args: argparse.Namespace) -> int:
                     endpoint=endpoint,
                     offline=args.offline,
                     keep_original=args.keep_original,
+                    replace=args.replace,
                     progress=bar.update,
                     cancel=cancel,
                     machine=machine,

@@ -64,6 +64,22 @@ class ModelNotDownloaded(HuoziError):
         self.spec = spec
 
 
+class ModelExists(HuoziError):
+    """Another file already has the name a model would take; it was left as it is.
+
+    It may be the only copy the user has (a download, a file imported with `--move`), so no
+    command replaces it unless told to. `command`: "import" or "download", whose flags the
+    command line names; `own_name`: the new file would already go under its own file name, so
+    importing it under that name is no way out.
+    """
+
+    def __init__(self, message: str, path: str, command: str, own_name: bool = False) -> None:
+        super().__init__(message)
+        self.path = path
+        self.command = command
+        self.own_name = own_name
+
+
 class SourceLacksModel(HuoziError):
     """The chosen download source does not publish this model."""
 

@@ -10,6 +10,7 @@ from huozi_local.core.errors import (
     ContextTooSmall,
     HuoziError,
     LegacyLayout,
+    ModelExists,
     ModelNotDownloaded,
     PlanDoesNotFit,
     Remedies,
@@ -27,6 +28,9 @@ APP_REMEDIES: Remedies = {
     RemoteProtocolError: lambda _: (
         "that is not the OpenAI API; check that the server's address is the API root of an "
         "OpenAI-compatible server and that the server is up to date"
+    ),
+    ModelExists: lambda _: (
+        "move that file out of the models folder first if this one should take its place"
     ),
 }
 

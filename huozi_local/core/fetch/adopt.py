@@ -12,14 +12,15 @@ then puts a loadable file where `model_folder` says that model lives:
 - a file that loads as it is gets hard-linked when it is on the same file system (instant, no
   second 27 GB), else copied; `move=True` moves it instead (a rename on the same file system).
 
-Everything is written under a staging name in `models/.imports/` and renamed into place only
-once complete (sidecar first), so Ctrl-C or a crash never leaves a file that looks finished.
+Nothing is ever replaced by surprise: when another file already has the model's name (a verified
+download, an earlier import), the same model again is nothing to do, and a different one is
+refused in one line unless the caller asks to replace it or to keep both (`occupied`). The bytes
+are staged in `models/.imports/` and renamed into place only once complete, sidecar first; the
+user's file is taken away (`move=True`) only after that (`adopt_place`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import threading
 import time
@@ -30,8 +31,16 @@ from typing import Any
 from huozi_local.core import disk
 from huozi_local.core.catalog import ModelFamily, get_family, load_families
 from huozi_local.core.config import Paths
-from huozi_local.core.errors import HuoziError, NotEnoughDisk
-from huozi_local.core.fetch import hub
+from huozi_local.core.errors import HuoziError
+from huozi_local.core.fetch import hub, occupied
+from huozi_local.core.fetch.adopt_place import (
+    STAGING_DIR,
+    SidecarBackup,
+    copy_file,
+    put_in_place,
+    remove_stale,
+    stage,
+)
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
     imported_model_path,
@@ -40,11 +49,9 @@ from huozi_local.core.fetch.model_folder import (
 )
 from huozi_local.core.gguf.header import KNOWN_ARCHITECTURES, GGUFFile, quant_of, read_gguf
 from huozi_local.core.gguf.repair import needs_repair
-from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
-from huozi_local.core.units import format_bytes
+from huozi_local.core.progress import ProgressCallback, check_cancel
 
-COPY_BLOCK = 8 << 20
-STAGING_DIR = ".imports"
+__all__ = ["STAGING_DIR", "Identity", "ImportResult", "copy_file", "identify", "import_model"]
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,12 @@ class ImportResult:
     spec: str
     """What `--model` (and the settings) call it from now on: FAMILY:QUANT or the file's path."""
     identity: Identity
-    method: str  # "linked" | "copied" | "moved" | "repaired" | "already imported"
+    method: str  # "linked" | "copied" | "moved" | "repaired" | "already imported" | "already there"
     sha256: str | None = None
     changes: list[str] = field(default_factory=list)
     source_removed: bool = False
+    replaced: bool = False
+    """Another file had the model's name and `replace=True` put this one in its place."""
 
 
 def import_model(
@@ -80,13 +89,18 @@ def import_model(
     paths: Paths,
     *,
     move: bool = False,
+    replace: bool = False,
+    keep_both: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> ImportResult:
-    """Make `src` a model of this installation. Progress stages: 'repair' or 'copy'.
+    """Make `src` a model of this installation. Progress stages: 'verify', 'repair' or 'copy'.
 
-    Raises HuoziError (one line) for a file that is not a usable model, Cancelled when `cancel`
-    is set (nothing half-written is left behind).
+    A different file under the model's name is refused (ModelExists) unless `replace` (this one
+    takes the name; the old one stays until this one is complete and in place) or `keep_both`
+    (this one goes under its own file name in imported/). Raises HuoziError (one line) for a
+    file that is not a usable model, Cancelled when `cancel` is set (nothing half-written is
+    left behind, the user's file is where it was).
     """
     source = Path(src).expanduser()
     gguf = read_gguf(source)  # missing, not GGUF, truncated: GGUFError, one line
@@ -97,37 +111,51 @@ def import_model(
     identity = identify(gguf)
     origin = _Origin(str(source.resolve()), source.stat())  # before a move takes it away
     repair_needed = needs_repair(gguf)
-    final = destination(paths, source, identity)
+    final = (
+        imported_model_path(paths, source.name)
+        if keep_both
+        else destination(paths, source, identity)
+    )
     earlier = _earlier_import(source, final, identity)
     if earlier is not None:
         return ImportResult(final, _spec_for(identity, final), earlier, "already imported")
+    replacing = occupied.occupied(final)
+    if replacing:
+        if occupied.holds(final, source, repairs=repair_needed, progress=progress, cancel=cancel):
+            return ImportResult(final, _spec_for(identity, final), identity, "already there")
+        if not replace:
+            own_name = final == imported_model_path(paths, source.name)
+            what = identity.spec if final.parent.name == identity.family else final.name
+            raise occupied.refusal(final, what or final.name, "import", own_name=own_name)
     staging = paths.models_dir / STAGING_DIR / final.name
     staging.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(staging)
-    method = ""
+    remove_stale(staging)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    backup = SidecarBackup(final)
+    placed = False
     try:
         if repair_needed:
             sha, changes = _repair(gguf, staging, progress, cancel)
             identity = _confirm(identity, sha, paths)
             method = "repaired"
         else:
-            sha = gguf.get(_provenance_key())
-            changes = []
-            method = _place(source, staging, move, progress, cancel)
-        sidecar = _sidecar(origin, identity, method, sha, changes, gguf)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        write_sidecar(final, sidecar)
-        os.replace(staging, final)
+            sha, changes = gguf.get(_provenance_key()), []
+            method = stage(source, staging, move, progress, cancel)
+        check_cancel(cancel, "import")  # the last moment at which stopping changes nothing
+        write_sidecar(final, _sidecar(origin, identity, method, sha, changes, gguf))
+        put_in_place(source if method == "moved" else staging, final, moving=method == "moved")
+        placed = True
     except BaseException:
-        if method == "moved" and staging.exists() and not source.exists():
-            staging.rename(source)  # a failed move puts the user's file back
-        _remove_stale(staging)
+        if not placed:
+            backup.restore()
+        remove_stale(staging)
         raise
     removed = method == "moved"
-    if move and method != "moved":
-        source.unlink()  # the loadable copy is in place: "move" leaves nothing behind
+    if move and not removed:
+        source.unlink()  # only now: the model is complete, on the disk and under its name
         removed = True
-    return ImportResult(final, _spec_for(identity, final), identity, method, sha, changes, removed)
+    spec = _spec_for(identity, final)
+    return ImportResult(final, spec, identity, method, sha, changes, removed, replacing)
 
 
 # -- identification --------------------------------------------------------------------------------
@@ -251,12 +279,6 @@ def _earlier_import(source: Path, final: Path, identity_now: Identity) -> Identi
     )
 
 
-def _remove_stale(staging: Path) -> None:
-    for leftover in (staging, staging.with_name(staging.name + ".partial")):
-        with contextlib.suppress(OSError):
-            leftover.unlink(missing_ok=True)
-
-
 # -- the bytes -------------------------------------------------------------------------------------
 def _repair(
     gguf: GGUFFile,
@@ -272,64 +294,6 @@ def _repair(
         raise HuoziError(f"{gguf.path}: nothing to repair")
     disk.sync_to_disk(staging)
     return result.source_sha256, list(result.changes)
-
-
-def _place(
-    source: Path,
-    staging: Path,
-    move: bool,
-    progress: ProgressCallback | None,
-    cancel: threading.Event | None,
-) -> str:
-    """Rename (move) or hard-link on the same file system, else copy; returns which."""
-    if move:
-        try:
-            source.rename(staging)
-            return "moved"
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise HuoziError(f"cannot move {source}: {exc.strerror or exc}") from exc
-    else:
-        try:
-            os.link(source, staging)
-            return "linked"
-        except OSError:
-            pass  # another file system, or one without hard links: copy
-    copy_file(source, staging, progress, cancel)
-    return "copied"
-
-
-def copy_file(
-    source: Path,
-    target: Path,
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-) -> None:
-    """Copy through a `.partial` name with progress and cancel; the target appears complete."""
-    size = source.stat().st_size
-    free = disk.free_disk_bytes(target.parent)
-    if free < size:
-        raise NotEnoughDisk(
-            f"not enough disk space to copy {source.name}: needs {format_bytes(size)}, "
-            f"{format_bytes(free)} free in {target.parent}; free some space, or put the file on "
-            "the same disk as the models folder so it can be linked instead of copied"
-        )
-    partial = target.with_name(target.name + ".partial")
-    reporter = ThrottledProgress(progress, "copy", size)
-    reporter.update(0, force=True)
-    try:
-        with open(source, "rb") as reader, open(partial, "wb") as writer:
-            while block := reader.read(COPY_BLOCK):
-                writer.write(block)
-                reporter.advance(len(block))
-                check_cancel(cancel, "import")
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    reporter.update(size, force=True)
 
 
 @dataclass(frozen=True)

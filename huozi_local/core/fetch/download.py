@@ -12,11 +12,11 @@ marked complete until it verified; a bad download is deleted, never left under a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from huozi_local.core import disk
 from huozi_local.core.catalog import ModelSpec, parse_model_spec
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import Cancelled, GGUFError, HuoziError, NotEnoughDisk
-from huozi_local.core.fetch import hub
+from huozi_local.core.fetch import hub, occupied
 from huozi_local.core.fetch.download_result import DownloadResult
 from huozi_local.core.fetch.in_place import (
     HEAD_FIRST,
@@ -63,6 +63,7 @@ def download_model(
     token: str | None = None,
     offline: bool = False,
     keep_original: bool = False,
+    replace: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     machine: Machine | None = None,
@@ -73,6 +74,9 @@ def download_model(
     `machine`: what the planner picks a quant for when `spec` names a family without one.
     `connections`: how many HTTP connections fetch ranges of the file at once (`in_place`);
     a server that does not serve ranges gets one stream into a `.part` file instead.
+    `replace`: download over another file that has the model's name (an import, a file placed
+    by hand, another version); without it that file is refused (ModelExists), never replaced.
+    The old file stays until the new one verified: it is replaced by the final rename.
 
     Runs in a worker thread in the TUI; `progress` gets stage 'download' (done/total bytes, speed
     and time left in the message), then 'verify', then 'repair' for legacy files. Raises
@@ -95,7 +99,7 @@ def download_model(
             modelscope_source.require_modelscope()
     listing = fetch_listing(parsed, paths, source, base, token, is_offline)
     target = resolve_target(parsed, paths, source, listing, machine)
-    present = _already_present(target, trust_unverified=is_offline)
+    present = _already_present(target, trust_unverified=is_offline, replace=replace)
     if present is not None:
         return present
     part = partial_download_path(paths, source, target.repo_id, target.filename)
@@ -123,7 +127,7 @@ def download_model(
         keep_original=keep_original, progress=progress, cancel=cancel,
         translate_errors=translate_errors,
     )  # fmt: skip
-    return replace(finished, seconds=time.monotonic() - started)
+    return dataclasses.replace(finished, seconds=time.monotonic() - started)
 
 
 def partial_bytes(final: Path, part: Path) -> int:
@@ -229,14 +233,29 @@ def _finish_in_place(target: DownloadTarget, placed: InPlaceResult) -> DownloadR
     )
 
 
-def _already_present(target: DownloadTarget, *, trust_unverified: bool) -> DownloadResult | None:
-    if not target.final_path.exists():
+def _already_present(
+    target: DownloadTarget, *, trust_unverified: bool, replace: bool
+) -> DownloadResult | None:
+    """The file under the model's name when it is the one asked for; None to download it.
+
+    Another file there (a user's import, a file placed by hand, another version) is refused
+    unless `replace`: it may be the only copy of a model the user has.
+    """
+    if not occupied.occupied(target.final_path):
         return None
     sidecar = read_sidecar(target.final_path)
     verified = sidecar.get("state") in ("verified", "repaired")
-    same_file = target.sha256 is None or sidecar.get("sha256") == target.sha256
-    if not (verified and same_file) and not trust_unverified:
-        return None
+    # A sha256 this program computed over the bytes: a download's, or an import's repair's
+    # (an import that only linked a file records what the file itself claims, not trusted).
+    hashed_here = verified or sidecar.get("method") == "repaired"
+    if target.sha256 is None:
+        same_file = verified
+    else:
+        same_file = hashed_here and sidecar.get("sha256") == target.sha256
+    if not same_file and not trust_unverified:
+        if replace:
+            return None
+        raise occupied.refusal(target.final_path, target.spec, "download")
     return DownloadResult(
         path=target.final_path,
         sha256=sidecar.get("sha256"),

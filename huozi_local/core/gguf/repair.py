@@ -15,6 +15,7 @@ finished.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -114,9 +115,11 @@ def repair_gguf(
     layout = repair_layout(gguf, source_sha256.lower() if source_sha256 else None)
     header, tensors = layout.header, layout.tensors
     partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
-    _check_disk(dst.parent, header.total_size, partial)
+    _clear_partial(src, partial)
+    _check_disk(dst.parent, header.total_size)
+    dst_fd = _create_partial(partial)
     try:
-        sha = _write(gguf, header, tensors, partial, source_sha256, progress, cancel)
+        sha = _write(gguf, header, tensors, dst_fd, source_sha256, progress, cancel)
         verify_repaired(gguf, partial, layout, sha)
         os.replace(partial, dst)
     except BaseException as exc:
@@ -161,9 +164,42 @@ def _written_by_repair(path: Path) -> bool:
     return existing.get(SOURCE_SHA256_KEY) is not None and existing.get(VERSION_KEY) is not None
 
 
-def _check_disk(folder: Path, needed: int, partial: Path) -> None:
-    stale = partial.stat().st_size if partial.exists() else 0  # replaced by this run
-    free = disk.free_disk_bytes(folder) + stale
+def _clear_partial(src: Path, partial: Path) -> None:
+    """Make way for a new temporary file, refusing when its name leads to the source.
+
+    `repair X.partial -o X` opened its own source as the output and truncated it; so did a stale
+    `OUT.partial` that was a symlink or a hard link to the source. Names cannot tell (a path can
+    be spelled many ways, a hard link has no "original"), so the file's identity decides. Any
+    other leftover under that name is only a name: unlinking it never touches the data a link
+    led to, where opening it for writing did.
+    """
+    if not (partial.exists() or partial.is_symlink()):
+        return
+    with contextlib.suppress(OSError):  # a dangling symlink leads nowhere, least of all to src
+        if partial.samefile(src):
+            raise HuoziError(
+                f"refusing to write {partial}: it is the file being repaired ({src}), and the "
+                "source is never modified; pick another -o OUT"
+            )
+    if partial.is_dir() and not partial.is_symlink():
+        raise HuoziError(f"cannot write {partial}: it is a folder; move it away")
+    try:
+        partial.unlink()
+    except OSError as exc:
+        raise HuoziError(f"cannot replace {partial}: {exc.strerror or exc}") from exc
+
+
+def _create_partial(partial: Path) -> int:
+    """A brand-new file (O_EXCL, no symlink followed): whatever appears under the name after
+    `_clear_partial` is refused, never written through, and never deleted by our cleanup."""
+    try:
+        return open_partial(partial)
+    except OSError as exc:
+        raise HuoziError(f"cannot write {partial}: {exc.strerror or exc}") from exc
+
+
+def _check_disk(folder: Path, needed: int) -> None:
+    free = disk.free_disk_bytes(folder)
     if free < needed:
         raise NotEnoughDisk(
             f"not enough disk space in {folder}: the repaired file needs "
@@ -175,18 +211,22 @@ def _write(
     gguf: GGUFFile,
     header: Header,
     tensors: list[OutTensor],
-    partial: Path,
+    dst_fd: int,
     source_sha256: str | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
 ) -> str:
     """Header, then the data; the source is hashed beside the copy unless its sha256 is known.
 
-    Progress counts the bytes copied plus, when hashing, the bytes hashed.
+    Progress counts the bytes copied plus, when hashing, the bytes hashed. Closes `dst_fd`.
     """
     segments = plan_segments(header, tensors)  # the layout's, in source order
     to_copy = sum(s.n_bytes for s in segments)
-    src_fd = open_source(gguf.path)
+    try:
+        src_fd = open_source(gguf.path)
+    except BaseException:
+        os.close(dst_fd)
+        raise
     hasher = None if source_sha256 else SourceHasher(gguf.path, gguf.file_size)
     total = to_copy + (gguf.file_size if hasher else 0)
     reporter = ThrottledProgress(progress, "repair", total)
@@ -203,7 +243,6 @@ def _write(
 
     try:
         reporter.update(0, force=True)
-        dst_fd = open_partial(partial)
         try:
             if hasher is not None:
                 hasher.start()

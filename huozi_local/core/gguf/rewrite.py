@@ -36,7 +36,10 @@ def open_source(path: object) -> int:
 
 
 def open_partial(path: object) -> int:
-    return os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_BINARY, 0o644)
+    """Create a new file, never open an existing one: O_TRUNC on whatever lay under the name
+    (a symlink or hard link to the source) emptied the file it led to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY | getattr(os, "O_NOFOLLOW", 0)
+    return os.open(str(path), flags, 0o644)
 
 
 def pread_into(fd: int, view: memoryview, offset: int) -> int:

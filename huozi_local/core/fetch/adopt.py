@@ -90,6 +90,7 @@ def import_model(
     """
     source = Path(src).expanduser()
     gguf = read_gguf(source)  # missing, not GGUF, truncated: GGUFError, one line
+    gguf.check_is_model()  # no tensors or no token list: nothing to chat with, one line
     if gguf.architecture not in KNOWN_ARCHITECTURES:
         raise HuoziError(
             f"{source}: architecture '{gguf.architecture}' is not one huozi-local can run"
@@ -105,13 +106,14 @@ def import_model(
     staging.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(staging)
     method = ""
+    sha: str | None
     try:
         if repair_needed:
             sha, changes = _repair(gguf, staging, progress, cancel)
             identity = _confirm(identity, sha, paths)
             method = "repaired"
         else:
-            sha = gguf.get(_provenance_key())
+            sha = gguf.source_sha256
             changes = []
             method = _place(source, staging, move, progress, cancel)
         sidecar = _sidecar(origin, identity, method, sha, changes, gguf)
@@ -137,7 +139,7 @@ def identify(gguf: GGUFFile) -> Identity:
     if not gguf.is_huozi:
         return Identity(None, quant, f"header: {gguf.architecture}, {quant or 'unknown quant'}")
     family = _family_for(gguf)
-    recorded = gguf.get(_provenance_key())
+    recorded = gguf.source_sha256
     manifest_sha = _manifest_sha(family, quant)
     if recorded and manifest_sha and recorded == manifest_sha:
         return Identity(
@@ -151,7 +153,7 @@ def identify(gguf: GGUFFile) -> Identity:
 
 def _family_for(gguf: GGUFFile) -> ModelFamily:
     """huozi 3.5 only exists as community builds that say so in their name; else huozi 3.0."""
-    text = f"{gguf.get('general.name', '')} {gguf.path.name}".lower()
+    text = f"{gguf.name} {gguf.path.name}".lower()
     families = load_families()
     if "3.5" in text and "huozi3.5" in families:
         return families["huozi3.5"]
@@ -199,12 +201,6 @@ def _confirm(identity: Identity, sha: str, paths: Paths) -> Identity:
         identity.quant,
         f"{identity.how}; its sha256 is not the official file's ({sha[:12]}…)",
     )
-
-
-def _provenance_key() -> str:
-    from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
-
-    return SOURCE_SHA256_KEY
 
 
 # -- where it goes ---------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ def read_gguf(path: str | Path, *, declared_size: int | None = None) -> GGUFFile
     """
     path = Path(path)
     try:
+        if not path.is_dir() and path.exists() and not path.is_file():
+            # A pipe or a device: opening a pipe waits for a writer that never comes.
+            raise GGUFError(f"{path} is not a regular file, so not a GGUF model file")
         handle = open(path, "rb")
     except FileNotFoundError as exc:
         raise GGUFError(f"no such file: {path}") from exc

@@ -37,7 +37,7 @@ def test_tiny_models_have_both_layouts(tiny_models: TinyModels, quant: str) -> N
         assert g.architecture == "llama"
         assert (g.n_expert, g.n_expert_used, g.n_layers) == (8, 2, 4)
         assert g.vocab_size == 57002
-        assert g.get("tokenizer.ggml.eos_token_id") == 2
+        assert g.special_token_ids["eos"] == 2
         assert g.chat_template is None
     assert merged.tensor_bytes == split.tensor_bytes
     gate = merged.tensor_by_name["blk.0.ffn_gate_exps.weight"]

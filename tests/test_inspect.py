@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def test_unknown_architecture_is_shown_not_refused(
     assert r["loads_as_is"] is False and "mysterynet" in r["load_blockers"][0]
 
 
-@pytest.mark.parametrize("case", ["missing", "folder", "not_gguf", "truncated", "empty"])
+@pytest.mark.parametrize("case", ["missing", "folder", "not_gguf", "truncated", "empty", "pipe"])
 def test_bad_input_is_one_line_and_exit_2(
     tiny_models: TinyModels, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
@@ -149,6 +150,8 @@ def test_bad_input_is_one_line_and_exit_2(
         path.write_bytes(tiny_models.get("split", "q4_0").read_bytes()[:500_000])
     elif case == "empty":
         path.write_bytes(b"")
+    elif case == "pipe":  # opening it used to wait for a writer forever
+        os.mkfifo(path)
     assert main(["inspect", str(path), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cli_process import cli
 from hub_server import closed_port_url, running_hub
 
 from huozi_local.cli import main
@@ -18,11 +21,16 @@ from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.fetch.download import download_model
 from huozi_local.core.fetch.hub import RemoteFile, RepoListing
-from huozi_local.core.fetch.model_folder import family_model_path, partial_download_path
+from huozi_local.core.fetch.model_folder import (
+    family_model_path,
+    imported_model_path,
+    partial_download_path,
+    resolve_local_model,
+)
 from huozi_local.core.fetch.targets import family_with_listing, resolve_target
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.core.planning.planner import choose_plan, rank_quants
-from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 COMMUNITY_REPO = "mradermacher/huozi3.5-GGUF"
 
@@ -165,3 +173,102 @@ def test_without_huozi_home_the_models_dir_moves_only_the_models(tmp_path: Path)
         default.config_dir, default.data_dir, default.cache_dir,
     )  # fmt: skip
     assert Paths.from_env({"HUOZI_MODELS_DIR": ""}).models_dir == default.models_dir
+
+
+BROKEN_KINDS = ("dangling_link", "unreadable_file", "folder", "not_gguf", "pipe")
+
+
+def make_broken(path: Path, kind: str) -> Path:
+    """An entry named like a model that is none; reading a pipe would wait forever."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dangling_link":
+        path.symlink_to(path.parent / "deleted-long-ago.gguf")
+    elif kind == "unreadable_file":
+        if os.geteuid() == 0:  # root reads a chmod 000 file; this one fails a read for anyone
+            path.symlink_to("/proc/self/mem")
+        else:
+            path.write_bytes(b"GGUF" + bytes(60))
+            path.chmod(0)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "not_gguf":
+        path.write_text("<html>a saved error page</html>\n")
+    else:
+        os.mkfifo(path)
+    return path
+
+
+def notes_about(path: Path, records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if str(path) in r.getMessage()]
+
+
+@pytest.mark.parametrize("kind", BROKEN_KINDS)
+@pytest.mark.parametrize("place", ["family", "imported", "hf"])
+def test_a_broken_entry_in_the_models_folder_is_skipped_with_one_note(
+    paths: Paths,
+    tiny_models: TinyModels,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    place: str,
+    kind: str,
+) -> None:
+    """`models` lists the rest and the default model is the next usable one (a real link)."""
+    if place == "imported":
+        good = imported_model_path(paths, "good.gguf")
+        broken = imported_model_path(paths, "broken.gguf")  # newer than the good one
+    else:
+        good = family_model_path(paths, "huozi3", "q2_k")
+        broken = {
+            "family": family_model_path(paths, "huozi3", "q4_0"),  # preferred to q2_k
+            "hf": paths.models_dir / "hf" / "someone--other-GGUF" / "broken.gguf",
+        }[place]
+    good.parent.mkdir(parents=True, exist_ok=True)
+    good.symlink_to(tiny_models.get("merged", "q4_0", "chat"))
+    make_broken(broken, kind)
+    caplog.set_level(logging.WARNING, logger="huozi_local")
+
+    rows = by_spec(models_json(capsys, "--offline"))
+    assert len(notes_about(broken, caplog.records)) == 1
+    assert str(broken) not in {
+        str(row["path"]) for row in rows.values() if row["state"] != "missing"
+    }
+    assert str(good) in {str(row["path"]) for row in rows.values()}
+    if place == "family":
+        assert rows["huozi3:q4_0"]["state"] == "missing"
+        assert rows["huozi3:q2_k"]["state"] == "unverified"
+
+    caplog.clear()
+    assert resolve_local_model(None, paths).path == good
+    assert len(notes_about(broken, caplog.records)) == (0 if place == "hf" else 1)
+
+
+def test_broken_entries_leave_models_and_commands_without_model_working(
+    huozi_home: Path, paths: Paths, tiny_models: TinyModels
+) -> None:
+    """As a user runs them: every broken entry is one line on stderr, once; the rest works."""
+    good = family_model_path(paths, "huozi3", "q2_k")
+    good.parent.mkdir(parents=True)
+    good.symlink_to(tiny_models.get("merged", "q4_0", "chat"))
+    in_family = [
+        make_broken(family_model_path(paths, "huozi3", "q4_0"), "dangling_link"),
+        make_broken(family_model_path(paths, "huozi3.5", "q4_k_m"), "folder"),
+    ]
+    elsewhere = [
+        make_broken(imported_model_path(paths, "notes.gguf"), "not_gguf"),
+        make_broken(imported_model_path(paths, "locked.gguf"), "unreadable_file"),
+        make_broken(paths.models_dir / "hf" / "someone--other-GGUF" / "pipe.gguf", "pipe"),
+    ]
+
+    listed = cli("models", "--offline", "--json", home=huozi_home)
+    assert listed.returncode == 0, listed.stderr
+    assert by_spec(json.loads(listed.stdout))["huozi3:q2_k"]["path"] == str(good)
+    lines = listed.stderr.splitlines()
+    assert len(lines) == len(in_family + elsewhere)
+    for broken in in_family + elsewhere:
+        assert len([line for line in lines if str(broken) in line]) == 1, listed.stderr
+
+    asked = cli("ask", "你好", home=huozi_home)  # no --model: the default is found past them
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == RIG_TEXT + "\n"
+    for broken in in_family:
+        assert len([line for line in asked.stderr.splitlines() if str(broken) in line]) == 1

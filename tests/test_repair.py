@@ -18,7 +18,7 @@ from huozi_local.core.gguf.repair import (
     repair_gguf,
     repair_plan,
 )
-from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY, VERSION_KEY
+from huozi_local.core.gguf.repair_layout import VERSION_KEY
 from huozi_local.core.progress import Progress
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels, file_sha256
 
@@ -99,14 +99,14 @@ def test_repaired_metadata_and_provenance(
 ) -> None:
     src = tiny_models.get("split", "q4_0")
     fixed = read_gguf(repaired["q4_0"])
-    assert fixed.get("tokenizer.ggml.eos_token_id") == huozi.END_OF_UTTERANCE_ID
-    assert fixed.get("tokenizer.ggml.eot_token_id") == huozi.END_OF_UTTERANCE_ID
-    assert fixed.get("tokenizer.ggml.bos_token_id") == huozi.BOS_ID
+    assert fixed.special_token_ids["eos"] == huozi.END_OF_UTTERANCE_ID
+    assert fixed.special_token_ids["eot"] == huozi.END_OF_UTTERANCE_ID
+    assert fixed.special_token_ids["bos"] == huozi.BOS_ID
     assert fixed.token_type_name(57000) == fixed.token_type_name(57001) == "control"
     assert fixed.chat_template == huozi.CHAT_TEMPLATE
     assert fixed.turn_fixes_needed() == []
-    assert fixed.get(SOURCE_SHA256_KEY) == file_sha256(src)
-    assert fixed.get(VERSION_KEY)
+    assert fixed.source_sha256 == file_sha256(src)
+    assert fixed.values.string(VERSION_KEY)
     source = read_gguf(src)
     # Everything else is carried over unchanged, the vocabulary included.
     for key, entry in source.kv.items():
@@ -131,7 +131,7 @@ def test_repair_writes_next_to_the_source_by_default(
     assert result.output == default_output(src) == tmp_path / "huozi3-q2_k.repaired.gguf"
     assert result.bytes_written == result.output.stat().st_size
     assert result.source_sha256 == known
-    assert read_gguf(result.output).get(SOURCE_SHA256_KEY) == known
+    assert read_gguf(result.output).source_sha256 == known
     assert file_sha256(src) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name, result.output.name]
 

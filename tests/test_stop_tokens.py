@@ -54,7 +54,7 @@ def _reply(model: Path) -> tuple[str, str, int, list[int]]:
 def test_the_official_file_stops_at_57001_by_its_id(tiny_models: TinyModels) -> None:
     """Stopped by id, 57001 is sampled but never counted, shown or evaluated into the cache."""
     model = tiny_models.get("merged", "q4_0", "chat")
-    assert read_gguf(model).get("tokenizer.ggml.eos_token_id") == huozi.EOS_ID
+    assert read_gguf(model).special_token_ids["eos"] == huozi.EOS_ID
     text, reason, count, reply_ids = _reply(model)
     assert (text, reason, count) == (RIG_TEXT, "stop", RIG_TOKENS)
     assert huozi.END_OF_UTTERANCE_ID not in reply_ids
@@ -68,7 +68,7 @@ def test_a_conversion_that_typed_57001_control_still_stops_there(
     )
     gguf = read_gguf(model)
     assert gguf.is_huozi and gguf.token_types[huozi.END_OF_UTTERANCE_ID] == TOKEN_CONTROL
-    assert gguf.get("tokenizer.ggml.eos_token_id") == huozi.EOS_ID
+    assert gguf.special_token_ids["eos"] == huozi.EOS_ID
     text, reason, count, _ = _reply(model)
     assert (text, reason, count) == (RIG_TEXT, "stop", RIG_TOKENS)
 
@@ -80,6 +80,6 @@ def test_a_repaired_file_stops_at_57001_as_its_end_of_generation(
 
     repaired = repair_gguf(tiny_models.get("split", "q4_0", "chat"), tmp_path / "r.gguf").output
     assert repaired is not None
-    assert read_gguf(repaired).get("tokenizer.ggml.eos_token_id") == huozi.END_OF_UTTERANCE_ID
+    assert read_gguf(repaired).special_token_ids["eos"] == huozi.END_OF_UTTERANCE_ID
     text, reason, count, _ = _reply(repaired)
     assert (text, reason, count) == (RIG_TEXT, "stop", RIG_TOKENS)

@@ -30,7 +30,6 @@ def inspect_report(gguf: GGUFFile) -> dict[str, Any]:
     """The stable --json object (keys only ever added; `schema` bumps on any other change)."""
     from huozi_local.core import huozi
     from huozi_local.core.gguf.repair import repair_plan
-    from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
 
     blockers = gguf.load_blockers()
     try:
@@ -71,7 +70,7 @@ def inspect_report(gguf: GGUFFile) -> dict[str, Any]:
         "loads_as_is": not blockers,
         "load_blockers": blockers,
         "repair_plan": plan,
-        "repaired_from_sha256": gguf.get(SOURCE_SHA256_KEY),
+        "repaired_from_sha256": gguf.source_sha256,
     }
 
 

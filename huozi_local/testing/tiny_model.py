@@ -314,11 +314,14 @@ class TinyModels:
 
 def write_plain_gguf(path: Path, n_bytes: int = 3 << 20, seed: int = 0) -> Path:
     """A valid GGUF that needs no repair (one random tensor of about n_bytes), for moving bytes:
-    downloads and their benchmark, where the bytes on disk must be exactly the bytes served."""
+    downloads and their benchmark, where the bytes on disk must be exactly the bytes served.
+    It has a token list (a few tokens) because import refuses a file with none."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(["<unk>", "<s>", "</s>", "\u2581plain"])
     data = np.random.default_rng(seed).bytes(n_bytes // 1024 * 1024)
     writer.add_tensor("token_embd.weight", np.frombuffer(data, dtype=np.float32).reshape(-1, 256))
     writer.write_header_to_file()

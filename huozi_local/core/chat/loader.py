@@ -79,6 +79,7 @@ def check_model_file(path: Path, gguf: GGUFFile | None = None) -> GGUFFile:
         if path.is_dir():
             raise HuoziError(f"{path} is a folder, not a GGUF model file")
         gguf = read_gguf(path)  # GGUFError (a HuoziError) for truncated or non-GGUF files
+    gguf.check_is_model()
     if gguf.layout == "legacy-split":
         raise LegacyLayout(
             f"{path.name} stores its experts in the pre-2024 layout that llama.cpp no longer "

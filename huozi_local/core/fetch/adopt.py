@@ -104,6 +104,7 @@ def import_model(
     """
     source = Path(src).expanduser()
     gguf = read_gguf(source)  # missing, not GGUF, truncated: GGUFError, one line
+    gguf.check_is_model()  # no tensors or no token list: nothing to chat with, one line
     if gguf.architecture not in KNOWN_ARCHITECTURES:
         raise HuoziError(
             f"{source}: architecture '{gguf.architecture}' is not one huozi-local can run"
@@ -133,13 +134,14 @@ def import_model(
     final.parent.mkdir(parents=True, exist_ok=True)
     backup = SidecarBackup(final)
     placed = False
+    sha: str | None
     try:
         if repair_needed:
             sha, changes = _repair(gguf, staging, progress, cancel)
             identity = _confirm(identity, sha, paths)
             method = "repaired"
         else:
-            sha, changes = gguf.get(_provenance_key()), []
+            sha, changes = gguf.source_sha256, []
             method = stage(source, staging, move, progress, cancel)
         check_cancel(cancel, "import")  # the last moment at which stopping changes nothing
         write_sidecar(final, _sidecar(origin, identity, method, sha, changes, gguf))
@@ -165,7 +167,7 @@ def identify(gguf: GGUFFile) -> Identity:
     if not gguf.is_huozi:
         return Identity(None, quant, f"header: {gguf.architecture}, {quant or 'unknown quant'}")
     family = _family_for(gguf)
-    recorded = gguf.get(_provenance_key())
+    recorded = gguf.source_sha256
     manifest_sha = _manifest_sha(family, quant)
     if recorded and manifest_sha and recorded == manifest_sha:
         return Identity(
@@ -179,7 +181,7 @@ def identify(gguf: GGUFFile) -> Identity:
 
 def _family_for(gguf: GGUFFile) -> ModelFamily:
     """huozi 3.5 only exists as community builds that say so in their name; else huozi 3.0."""
-    text = f"{gguf.get('general.name', '')} {gguf.path.name}".lower()
+    text = f"{gguf.name} {gguf.path.name}".lower()
     families = load_families()
     if "3.5" in text and "huozi3.5" in families:
         return families["huozi3.5"]
@@ -227,12 +229,6 @@ def _confirm(identity: Identity, sha: str, paths: Paths) -> Identity:
         identity.quant,
         f"{identity.how}; its sha256 is not the official file's ({sha[:12]}…)",
     )
-
-
-def _provenance_key() -> str:
-    from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
-
-    return SOURCE_SHA256_KEY
 
 
 # -- where it goes ---------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ from huozi_local.core.fetch import hub
 from huozi_local.core.fetch.in_place import InPlaceFiles
 from huozi_local.core.fetch.model_folder import (
     family_model_path,
-    imported_models,
+    imported_entries,
+    model_entries,
     partial_download_path,
     read_sidecar,
+    usable_model_stat,
 )
 
 if TYPE_CHECKING:
@@ -120,12 +122,13 @@ def model_states(
 
 
 def _state_of(final: Path, parts: list[Path | None]) -> tuple[str, int, str | None]:
-    if final.exists():
+    status = usable_model_stat(final)  # a broken entry is noted and counts as missing
+    if status is not None:
         sidecar = read_sidecar(final)
         state = sidecar.get("state")
         if state in ("verified", "repaired", "imported"):
-            return str(state), final.stat().st_size, sidecar.get("sha256")
-        return "unverified", final.stat().st_size, None
+            return str(state), status.st_size, sidecar.get("sha256")
+        return "unverified", status.st_size, None
     for part in parts:
         if part is not None and part.exists():
             return "partial", part.stat().st_size, None
@@ -138,16 +141,16 @@ def _state_of(final: Path, parts: list[Path | None]) -> tuple[str, int, str | No
 def _hf_downloads(paths: Paths) -> list[ModelState]:
     found: list[ModelState] = []
     root = paths.models_dir / "hf"
-    for model in sorted(root.glob("*/*.gguf")):
+    for model, status in model_entries(root, "*/*.gguf"):
         repo_id = model.parent.name.replace("--", "/", 1)
         sidecar = read_sidecar(model)
         state = sidecar.get("state") if sidecar.get("state") in ("verified", "repaired") else None
         found.append(
             ModelState(
-                family="hf", quant="", filename=model.name, size_bytes=model.stat().st_size,
+                family="hf", quant="", filename=model.name, size_bytes=status.st_size,
                 state=str(state or "unverified"), path=model,
                 spec=f"hf:{repo_id}/{model.name}", repo_id=repo_id,
-                downloaded_bytes=model.stat().st_size, sha256=sidecar.get("sha256"),
+                downloaded_bytes=status.st_size, sha256=sidecar.get("sha256"),
             )
         )  # fmt: skip
     return found
@@ -156,9 +159,9 @@ def _hf_downloads(paths: Paths) -> list[ModelState]:
 def _imported_files(paths: Paths) -> list[ModelState]:
     """Files `huozi-local import` kept under their own name (no family quant matched them)."""
     found: list[ModelState] = []
-    for model in imported_models(paths):
+    for model, status in imported_entries(paths):
         sidecar = read_sidecar(model)
-        size = model.stat().st_size
+        size = status.st_size
         found.append(
             ModelState(
                 family="imported", quant=str(sidecar.get("quant") or ""), filename=model.name,

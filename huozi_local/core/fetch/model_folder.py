@@ -16,6 +16,9 @@ only a finished, verified, loadable file ever appears under these names.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ from huozi_local.core.catalog import (
 )
 from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError, ModelNotDownloaded
+from huozi_local.core.gguf.byte_format import GGUF_MAGIC
+
+log = logging.getLogger(__name__)
 
 
 def family_model_path(paths: Paths, family: str, quant: str) -> Path:
@@ -47,8 +53,64 @@ def imported_model_path(paths: Paths, filename: str) -> Path:
 
 def imported_models(paths: Paths) -> list[Path]:
     """Files under imported/, newest first (the default when no family model is installed)."""
-    found = list((paths.models_dir / "imported").glob("*.gguf"))
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return [path for path, _ in imported_entries(paths)]
+
+
+def imported_entries(paths: Paths) -> list[tuple[Path, os.stat_result]]:
+    """`imported_models` with each file's stat."""
+    found = model_entries(paths.models_dir / "imported", "*.gguf")
+    return sorted(found, key=lambda entry: entry[1].st_mtime, reverse=True)
+
+
+def model_entries(folder: Path, pattern: str) -> list[tuple[Path, os.stat_result]]:
+    """The model files `folder.glob(pattern)` finds, in name order, each with its stat; an entry
+    that is no model file is skipped with a note (see `usable_model_stat`)."""
+    found: list[tuple[Path, os.stat_result]] = []
+    for path in sorted(folder.glob(pattern)):
+        status = usable_model_stat(path)
+        if status is not None:
+            found.append((path, status))
+    return found
+
+
+def usable_model_stat(path: Path) -> os.stat_result | None:
+    """The stat of the model file at `path`; None when there is none, or (with one log line) when
+    the entry there is no model file: a broken link, a folder, a pipe, a file that cannot be read
+    or is not GGUF.
+
+    The models folder is the user's: one stray entry there used to stop `models` and every
+    command run without `--model` (a stat of a dangling link raised; a pipe named like a model
+    blocked the load forever). Only the entry's type and first four bytes are looked at, so a
+    truncated GGUF is still listed (and refused, with its reason, when loaded).
+    """
+    status, why = _look_at(path)
+    if why is not None:
+        log.warning("models folder: skipped %s (%s)", path, why)
+    return status
+
+
+def _look_at(path: Path) -> tuple[os.stat_result | None, str | None]:
+    """(its stat, None) for a model file; (None, None) when nothing is there; (None, why not)."""
+    try:
+        status = path.stat()
+    except OSError as exc:  # nothing there, a link to nothing, a link loop, no permission
+        if path.is_symlink():
+            return None, f"a broken link to {path.readlink()}: {exc.strerror or exc}"
+        if isinstance(exc, FileNotFoundError):
+            return None, None
+        return None, f"cannot read it: {exc.strerror or exc}"
+    if stat.S_ISDIR(status.st_mode):
+        return None, "a folder, not a model file"
+    if not stat.S_ISREG(status.st_mode):
+        return None, "not a regular file"
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}"
+    if magic != GGUF_MAGIC:
+        return None, "not a GGUF file"
+    return status, None
 
 
 def downloads_dir(paths: Paths, source: str, repo_id: str) -> Path:
@@ -116,9 +178,9 @@ def installed_models(paths: Paths) -> list[InstalledModel]:
     for name in load_families():
         folder = paths.models_dir / name
         prefix = f"{name}-"
-        for path in sorted(folder.glob(f"{prefix}*.gguf")):
+        for path, status in model_entries(folder, f"{prefix}*.gguf"):
             quant = path.name[len(prefix) : -len(".gguf")]
-            found.append(InstalledModel(name, quant, path, path.stat().st_size))
+            found.append(InstalledModel(name, quant, path, status.st_size))
     found.sort(key=lambda m: (m.family, -quant_rank(m.quant)))
     return found
 

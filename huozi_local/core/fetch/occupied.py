@@ -19,7 +19,6 @@ from huozi_local.core.errors import HuoziError, ModelExists
 from huozi_local.core.fetch.model_folder import read_sidecar
 from huozi_local.core.gguf.header import read_gguf
 from huozi_local.core.gguf.repair import needs_repair
-from huozi_local.core.gguf.repair_layout import SOURCE_SHA256_KEY
 from huozi_local.core.progress import ProgressCallback, ThrottledProgress, check_cancel
 
 BLOCK = 8 << 20
@@ -60,8 +59,8 @@ def holds(
         repaired = read_gguf(final)
     except HuoziError:
         return False
-    recorded = repaired.get(SOURCE_SHA256_KEY)
-    if not isinstance(recorded, str) or needs_repair(repaired):
+    recorded = repaired.source_sha256
+    if recorded is None or needs_repair(repaired):
         return False  # not a repair, or one an older version left incomplete: not the same file
     return sha256_of(source, progress, cancel) == recorded.lower()
 

@@ -124,13 +124,24 @@ EXPERT_TENSOR_RE = re.compile(
 )
 
 
-class Cursor:
-    """Bounds-checked little-endian reads over the mapped header."""
+# llama.cpp's own reader refuses nested arrays outright; gguf-py writes them, so a few levels are
+# read. Without a limit, arrays nested thousands deep exhausted Python's recursion.
+MAX_ARRAY_DEPTH = 4
 
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+
+class Cursor:
+    """Bounds-checked little-endian reads over the mapped header.
+
+    `size`: the whole file's size, which may exceed the buffer (a download's head). A count is
+    checked against it before anything is read or allocated: an array of 2^40 entries in a
+    5 MB file is damage, not a header to wait for.
+    """
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path, size: int | None = None) -> None:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.size = len(buf) if size is None else size
 
     def need(self, n: int) -> None:
         if self.pos + n > len(self.buf):
@@ -153,16 +164,27 @@ class Cursor:
         self.pos += length
         return bytes(raw).decode("utf-8", errors="replace")
 
-    def value(self, vtype: ValueType) -> tuple[Any, ValueType | None]:
+    def count(self, n: int, each: int, what: str) -> int:
+        """`n` items of `each` bytes or more: refused when the rest of the file cannot hold them."""
+        left = self.size - self.pos
+        if n * each > left:
+            raise GGUFError(
+                f"{self.path}: {what} claims {n:,} entries, more than the {max(left, 0):,} bytes "
+                "left in the file can hold: not a valid GGUF"
+            )
+        return n
+
+    def value(self, vtype: ValueType, key: str) -> tuple[Any, ValueType | None]:
+        """The value of metadata entry `key` (named in any error about it)."""
         if vtype == ValueType.STRING:
             return self.string(), None
         if vtype == ValueType.ARRAY:
-            sub = value_type(self.unpack("<I"), self.path)
-            count = self.unpack("<Q")
-            return self.array(sub, count), sub
+            sub = value_type(self.unpack("<I"), self.path, key)
+            return self.array(sub, self.unpack("<Q"), key, 1), sub
         return self.unpack(SCALAR_FORMATS[vtype]), None
 
-    def array(self, sub: ValueType, count: int) -> list[Any]:
+    def array(self, sub: ValueType, count: int, key: str, depth: int) -> list[Any]:
+        self.count(count, MIN_VALUE_BYTES[sub], key)
         if sub == ValueType.STRING:
             out: list[Any] = []
             buf, pos, end = self.buf, self.pos, len(self.buf)
@@ -180,7 +202,16 @@ class Cursor:
             self.pos = pos
             return out
         if sub == ValueType.ARRAY:
-            return [self.value(ValueType.ARRAY)[0] for _ in range(count)]
+            if depth >= MAX_ARRAY_DEPTH:
+                raise GGUFError(
+                    f"{self.path}: {key} nests arrays more than {MAX_ARRAY_DEPTH} deep: "
+                    "not a valid GGUF"
+                )
+            nested: list[Any] = []
+            for _ in range(count):
+                inner = value_type(self.unpack("<I"), self.path, key)
+                nested.append(self.array(inner, self.unpack("<Q"), key, depth + 1))
+            return nested
         fmt = SCALAR_FORMATS[sub]
         size = struct.calcsize(fmt)
         self.need(size * count)
@@ -189,11 +220,21 @@ class Cursor:
         return [v[0] for v in values]
 
 
-def value_type(raw: int, path: Path) -> ValueType:
+# The fewest bytes one value of each type takes (a string: its length; an array: type and count).
+MIN_VALUE_BYTES: dict[ValueType, int] = {
+    **{t: struct.calcsize(f) for t, f in SCALAR_FORMATS.items()},
+    ValueType.STRING: 8,
+    ValueType.ARRAY: 12,
+}
+
+
+def value_type(raw: int, path: Path, key: str) -> ValueType:
     try:
         return ValueType(raw)
     except ValueError as exc:
-        raise GGUFError(f"{path} has an unknown metadata type {raw}: not a valid GGUF") from exc
+        raise GGUFError(
+            f"{path}: {key} has an unknown metadata type {raw}: not a valid GGUF"
+        ) from exc
 
 
 def align(offset: int, alignment: int) -> int:

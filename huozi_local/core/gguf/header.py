@@ -11,10 +11,9 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (version 2 and
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from huozi_local.core.errors import GGUFError
 from huozi_local.core.gguf.byte_format import (
@@ -27,24 +26,28 @@ from huozi_local.core.gguf.byte_format import (
     Cursor,
     KVEntry,
     TensorInfo,
-    TokenType,
     align,
     tensor_nbytes,
     value_type,
 )
+from huozi_local.core.gguf.metadata import HeaderMetadata
+from huozi_local.core.gguf.values import HeaderValues
 
-
-@dataclass(frozen=True)
-class SpecialToken:
-    role: str  # "bos", "eos", "eot", "begin_of_utterance", ...
-    token_id: int
-    text: str
-    token_type: str
+MAX_ALIGNMENT = 1 << 30
+# The fewest bytes a metadata entry (key length, type, a one-byte value) and a tensor info (name
+# length, dimension count, type, offset) take: counts are checked against what the file can hold.
+MIN_KV_BYTES = 8 + 4 + 1
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
 
 
 @dataclass
-class GGUFFile:
-    """Everything a GGUF header says. Build with `read_gguf`."""
+class GGUFFile(HeaderMetadata):
+    """Everything a GGUF header says. Build with `read_gguf`.
+
+    The metadata is read through typed, range-checked properties (metadata.py) that
+    `read_gguf` reads once before it returns: a header with a wrong value is refused in one
+    line naming the key, and nothing later computes with a raw value.
+    """
 
     path: Path
     version: int
@@ -57,145 +60,6 @@ class GGUFFile:
     tensor_infos_end: int
     data_offset: int
     alignment: int
-    _layer_cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    # -- metadata -----------------------------------------------------------------------
-    def get(self, key: str, default: Any = None) -> Any:
-        entry = self.kv.get(key)
-        return default if entry is None else entry.value
-
-    @property
-    def architecture(self) -> str:
-        return str(self.get("general.architecture", "unknown"))
-
-    def arch_get(self, suffix: str, default: Any = None) -> Any:
-        return self.get(f"{self.architecture}.{suffix}", default)
-
-    @property
-    def name(self) -> str:
-        return str(self.get("general.name", self.path.stem))
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.arch_get("block_count", 0))
-
-    @property
-    def context_length(self) -> int:
-        return int(self.arch_get("context_length", 0))
-
-    @property
-    def n_embd(self) -> int:
-        return int(self.arch_get("embedding_length", 0))
-
-    @property
-    def n_ff(self) -> int:
-        value = self.arch_get("feed_forward_length", 0)
-        return int(value[0] if isinstance(value, list) else value)
-
-    @property
-    def n_head(self) -> int:
-        value = self.arch_get("attention.head_count", 0)
-        return int(value[0] if isinstance(value, list) else value)
-
-    @property
-    def n_head_kv(self) -> int:
-        value = self.arch_get("attention.head_count_kv", self.n_head)
-        return int(value[0] if isinstance(value, list) else value)
-
-    @property
-    def head_dim(self) -> int:
-        key_length = self.arch_get("attention.key_length")
-        if key_length:
-            return int(key_length)
-        return self.n_embd // self.n_head if self.n_head else 0
-
-    @property
-    def n_expert(self) -> int:
-        return int(self.arch_get("expert_count", 0))
-
-    @property
-    def n_expert_used(self) -> int:
-        return int(self.arch_get("expert_used_count", 0))
-
-    @property
-    def tokens(self) -> list[str]:
-        return list(self.get("tokenizer.ggml.tokens", []))
-
-    @property
-    def vocab_size(self) -> int:
-        entry = self.kv.get("tokenizer.ggml.tokens")
-        return len(entry.value) if entry else int(self.arch_get("vocab_size", 0))
-
-    @property
-    def token_types(self) -> list[int]:
-        return list(self.get("tokenizer.ggml.token_type", []))
-
-    @property
-    def chat_template(self) -> str | None:
-        value = self.get("tokenizer.chat_template")
-        return str(value) if value else None
-
-    def token_text(self, token_id: int) -> str:
-        entry = self.kv.get("tokenizer.ggml.tokens")
-        if entry is None or not 0 <= token_id < len(entry.value):
-            return ""
-        return str(entry.value[token_id])
-
-    def token_type_name(self, token_id: int) -> str:
-        types = self.get("tokenizer.ggml.token_type") or []
-        if not 0 <= token_id < len(types):
-            return "missing"
-        try:
-            return TokenType(int(types[token_id])).name.lower()
-        except ValueError:
-            return f"type{types[token_id]}"
-
-    def token_id(self, text: str) -> int | None:
-        entry = self.kv.get("tokenizer.ggml.tokens")
-        if entry is None:
-            return None
-        index = self._layer_cache.get("token_index")
-        if index is None:
-            index = {tok: i for i, tok in enumerate(entry.value)}
-            self._layer_cache["token_index"] = index
-        found = index.get(text)
-        return None if found is None else int(found)
-
-    def special_tokens(self) -> list[SpecialToken]:
-        """BOS/EOS/EOT/etc. from metadata, plus the huozi utterance tokens when present."""
-        from huozi_local.core import huozi
-
-        found: list[SpecialToken] = []
-        for role in ("bos", "eos", "eot", "eom", "unknown", "padding"):
-            token_id = self.get(f"tokenizer.ggml.{role}_token_id")
-            if token_id is None:
-                continue
-            found.append(
-                SpecialToken(
-                    role,
-                    int(token_id),
-                    self.token_text(int(token_id)),
-                    self.token_type_name(int(token_id)),
-                )
-            )
-        for role, text in (
-            ("begin_of_utterance", huozi.BEGIN_OF_UTTERANCE),
-            ("end_of_utterance", huozi.END_OF_UTTERANCE),
-        ):
-            token_id = self.token_id(text)
-            if token_id is not None:
-                found.append(SpecialToken(role, token_id, text, self.token_type_name(token_id)))
-        return found
-
-    @property
-    def is_huozi(self) -> bool:
-        """A huozi-vocabulary model: the utterance tokens sit at their trained ids."""
-        from huozi_local.core import huozi
-
-        return (
-            self.token_text(huozi.BEGIN_OF_UTTERANCE_ID) == huozi.BEGIN_OF_UTTERANCE
-            and self.token_text(huozi.END_OF_UTTERANCE_ID) == huozi.END_OF_UTTERANCE
-        )
 
     # -- tensors --------------------------------------------------------------------------
     @cached_property
@@ -249,6 +113,23 @@ class GGUFFile:
             counts[tensor.type_name] = counts.get(tensor.type_name, 0) + 1
         return groups
 
+    def missing_parts(self) -> list[str]:
+        """What the file lacks to be a model at all (no repair can add it)."""
+        missing: list[str] = []
+        if not self.tensors:
+            missing.append("no tensors")
+        if not self.tokens:
+            missing.append("no token list (tokenizer.ggml.tokens)")
+        return missing
+
+    def check_is_model(self) -> None:
+        """Refuse, in one line, a file that is no model to chat with (import, loading)."""
+        missing = self.missing_parts()
+        if missing:
+            raise GGUFError(
+                f"{self.path} has {' and '.join(missing)}: it is not a model huozi-local can run"
+            )
+
     def load_blockers(self) -> list[str]:
         """Why today's llama.cpp would refuse this file as it is (empty when it would load)."""
         blockers: list[str] = []
@@ -259,25 +140,7 @@ class GGUFFile:
             )
         if self.architecture not in KNOWN_ARCHITECTURES:
             blockers.append(f"architecture '{self.architecture}' is not one huozi-local knows")
-        return blockers
-
-    def turn_fixes_needed(self) -> list[str]:
-        """Metadata a huozi file lacks for modern tools to end turns and format chats right."""
-        from huozi_local.core import huozi
-
-        if not self.is_huozi:
-            return []
-        needed: list[str] = []
-        if self.get("tokenizer.ggml.eos_token_id") != huozi.END_OF_UTTERANCE_ID:
-            needed.append("eos_token_id")
-        if self.get("tokenizer.ggml.eot_token_id") != huozi.END_OF_UTTERANCE_ID:
-            needed.append("eot_token_id")
-        for token_id in (huozi.BEGIN_OF_UTTERANCE_ID, huozi.END_OF_UTTERANCE_ID):
-            if self.token_type_name(token_id) != "control":
-                needed.append(f"token_type[{token_id}]")
-        if self.chat_template is None:
-            needed.append("chat_template")
-        return needed
+        return blockers + [f"it has {part}" for part in self.missing_parts()]
 
 
 # Architectures llama.cpp loads that this tool has been checked with.
@@ -321,6 +184,9 @@ def read_gguf(path: str | Path, *, declared_size: int | None = None) -> GGUFFile
     """
     path = Path(path)
     try:
+        if not path.is_dir() and path.exists() and not path.is_file():
+            # A pipe or a device: opening a pipe waits for a writer that never comes.
+            raise GGUFError(f"{path} is not a regular file, so not a GGUF model file")
         handle = open(path, "rb")
     except FileNotFoundError as exc:
         raise GGUFError(f"no such file: {path}") from exc
@@ -339,7 +205,7 @@ def read_gguf(path: str | Path, *, declared_size: int | None = None) -> GGUFFile
 def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:
     if buf[:4] != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
-    cur = Cursor(buf, path)
+    cur = Cursor(buf, path, size)
     cur.pos = 4
     version = cur.unpack("<I")
     if version not in (2, 3):
@@ -348,13 +214,17 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:
     kv_count = cur.unpack("<Q")
     if tensor_count > 1_000_000 or kv_count > 1_000_000:
         raise GGUFError(f"{path} has an implausible header: not a valid GGUF")
+    cur.count(kv_count, MIN_KV_BYTES, "the metadata count")
+    cur.count(tensor_count, MIN_TENSOR_INFO_BYTES, "the tensor count")
     kv_start = cur.pos
     kv: dict[str, KVEntry] = {}
     for _ in range(kv_count):
         start = cur.pos
         key = cur.string()
-        vtype = value_type(cur.unpack("<I"), path)
-        value, sub = cur.value(vtype)
+        vtype = value_type(cur.unpack("<I"), path, key)
+        value, sub = cur.value(vtype, key)
+        if key in kv:  # llama.cpp refuses it too: which of the two would count is anyone's guess
+            raise GGUFError(f"{path}: {key} is set twice: not a valid GGUF")
         kv[key] = KVEntry(key, vtype, value, start, cur.pos, sub)
     kv_end = cur.pos
     tensors: list[TensorInfo] = []
@@ -368,9 +238,8 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:
         offset = cur.unpack("<Q")
         tensors.append(TensorInfo(name, shape, ggml_type, offset, tensor_nbytes(shape, ggml_type)))
     infos_end = cur.pos
-    alignment_entry = kv.get("general.alignment")
-    alignment = int(alignment_entry.value) if alignment_entry else DEFAULT_ALIGNMENT
-    data_offset = align(infos_end, alignment)
+    alignment = HeaderValues(path, kv).power_of_two("general.alignment", MAX_ALIGNMENT)
+    alignment = alignment or DEFAULT_ALIGNMENT
     gguf = GGUFFile(
         path=path,
         version=version,
@@ -381,9 +250,10 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFFile:
         kv_start=kv_start,
         kv_end=kv_end,
         tensor_infos_end=infos_end,
-        data_offset=data_offset,
+        data_offset=align(infos_end, alignment),
         alignment=alignment,
     )
+    gguf.check_values()
     expected = expected_file_size(gguf)
     if size < expected:
         raise GGUFError(
@@ -402,7 +272,7 @@ def expected_file_size(gguf: GGUFFile) -> int:
 def quant_of(gguf: GGUFFile) -> str | None:
     """`q4_0`, `q2_k`, ... from general.file_type (llama.cpp's LLAMA_FTYPE numbering), the name
     the catalog and the model folder use; None when the header does not say or the number is new."""
-    file_type = gguf.get("general.file_type")
+    file_type = gguf.file_type
     if file_type is None:
         return None
     try:

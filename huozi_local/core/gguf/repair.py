@@ -161,7 +161,7 @@ def _written_by_repair(path: Path) -> bool:
         existing = read_gguf(path)
     except HuoziError:
         return False
-    return existing.get(SOURCE_SHA256_KEY) is not None and existing.get(VERSION_KEY) is not None
+    return existing.values.has(SOURCE_SHA256_KEY) and existing.values.has(VERSION_KEY)
 
 
 def _clear_partial(src: Path, partial: Path) -> None:

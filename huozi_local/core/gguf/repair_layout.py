@@ -23,6 +23,8 @@ from huozi_local.core.gguf.byte_format import (
     ValueType,
 )
 from huozi_local.core.gguf.header import GGUFFile, read_gguf
+from huozi_local.core.gguf.metadata import SOURCE_SHA256_KEY as SOURCE_SHA256_KEY
+from huozi_local.core.gguf.metadata import VERSION_KEY as VERSION_KEY
 from huozi_local.core.gguf.rewrite import (
     Header,
     OutTensor,
@@ -33,8 +35,6 @@ from huozi_local.core.gguf.rewrite import (
     plan_segments,
 )
 
-SOURCE_SHA256_KEY = "huozi_local.repair.source_sha256"
-VERSION_KEY = "huozi_local.repair.version"
 SHA_PLACEHOLDER = "0" * 64
 
 
@@ -85,14 +85,14 @@ def _metadata_fixes(gguf: GGUFFile) -> tuple[list[_MetadataFix], list[str]]:
     end_id = huozi.END_OF_UTTERANCE_ID
     for role in ("eos", "eot"):
         key = f"tokenizer.ggml.{role}_token_id"
-        current = gguf.get(key)
+        current = gguf.special_token_ids.get(role)
         if current != end_id:
             fixes.append(_MetadataFix(key, ValueType.UINT32, end_id))
             shown = "unset" if current is None else current
             lines.append(f"{role}_token_id {shown} -> {end_id} ({huozi.END_OF_UTTERANCE})")
-    types_entry = gguf.kv.get("tokenizer.ggml.token_type")
+    types_entry = gguf.kv.get("tokenizer.ggml.token_type")  # kept for its element type
     if types_entry is not None:
-        types = list(types_entry.value)
+        types = list(gguf.token_types)  # one per token: a huozi vocabulary has both ids
         changed = False
         for token_id in (huozi.BEGIN_OF_UTTERANCE_ID, huozi.END_OF_UTTERANCE_ID):
             if types[token_id] != TokenType.CONTROL:
@@ -212,7 +212,7 @@ def verify_repaired(source: GGUFFile, partial: Path, layout: RepairLayout, sha: 
             problems.append(f"tensor {tensor.name} is not as planned")
     if result.layout == "legacy-split" or result.turn_fixes_needed():
         problems.append("the fixes did not take")
-    if result.get(SOURCE_SHA256_KEY) != sha:
+    if result.source_sha256 != sha:
         problems.append("the provenance sha256 was not recorded")
     if problems:
         raise GGUFError(f"the repaired file failed verification: {'; '.join(problems[:3])}")

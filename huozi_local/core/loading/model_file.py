@@ -34,6 +34,7 @@ def open_model(text: str | None, paths: Paths, default: str = "") -> ModelFile:
     with its header (HuoziError in one line when it is not there or not a GGUF file)."""
     resolved = resolve_local_model(text, paths, default)
     gguf = read_gguf(resolved.path)
+    gguf.check_is_model()  # before planning: a file with no tensors has nothing to place
     if resolved.family:
         spec = f"{resolved.family}:{resolved.quant}" if resolved.quant else resolved.family
     elif resolved.spec.kind == "hf":
@@ -53,6 +54,7 @@ def open_model(text: str | None, paths: Paths, default: str = "") -> ModelFile:
 def model_file_at(path: Path, *, label: str, quant: str, spec: str) -> ModelFile:
     """A file the caller just made ready (a finished download, an import), its header read."""
     gguf = read_gguf(path)
+    gguf.check_is_model()
     quant = quant or quant_of(gguf) or ""
     shown = f"{label}:{quant}" if quant and label != path.name else path.name
     return ModelFile(path, gguf, label, quant, spec, shown)

@@ -47,10 +47,6 @@ CASES: dict[str, tuple[dict[str, Entry | None], str]] = {
         {"tokenizer.ggml.bos_token_id": Value(STR, "1")},
         "tokenizer.ggml.bos_token_id",
     ),
-    "token_id_past_the_vocabulary": (
-        {"tokenizer.ggml.eot_token_id": Value(U32, 57002)},
-        "tokenizer.ggml.eot_token_id",
-    ),
     "infinite_context_length": (
         {"llama.context_length": Value(F64, math.inf)},
         "llama.context_length",
@@ -180,3 +176,17 @@ def test_a_file_that_is_not_a_model_is_refused_by_import_and_by_loading(
     assert Settings.load(paths.config_file).model == ""
     assert main(["inspect", str(path), "--json"]) == 0  # inspect still shows what is there
     assert missing in capsys.readouterr().out
+
+
+def test_a_token_id_past_the_vocabulary_is_ignored_as_llama_cpp_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llama.cpp warns and ignores such an id (conversions write a padding id equal to the
+    vocabulary size); refusing the file would turn away one llama.cpp loads."""
+    path = write_crafted_gguf(
+        tmp_path / "pad.gguf", {"tokenizer.ggml.padding_token_id": Value(U32, 57002)}
+    )
+    gguf = read_gguf(path)
+    assert "padding" not in gguf.special_token_ids and gguf.special_token_ids["eos"] >= 0
+    assert main(["inspect", str(path)]) == 0
+    assert capsys.readouterr().err == ""

@@ -143,12 +143,16 @@ class HeaderMetadata:
 
     @cached_property
     def special_token_ids(self) -> dict[str, int]:
-        """{role: id} of the BOS/EOS/EOT/... ids the header sets, each an id of its vocabulary."""
-        last = self.vocab_size - 1 if self.vocab_size else UINT32_MAX
+        """{role: id} of the BOS/EOS/EOT/... ids the header sets, each an id of its vocabulary.
+
+        An id past the vocabulary is left out, not refused: llama.cpp warns and ignores it, and
+        conversions do write one (a padding id equal to the vocabulary size), so refusing would
+        turn away a file llama.cpp loads. A value that is not a whole number is still refused.
+        """
         found: dict[str, int] = {}
         for role in SPECIAL_TOKEN_ROLES:
-            token_id = self.values.integer(f"tokenizer.ggml.{role}_token_id", 0, last)
-            if token_id is not None:
+            token_id = self.values.integer(f"tokenizer.ggml.{role}_token_id", 0, UINT32_MAX)
+            if token_id is not None and (not self.vocab_size or token_id < self.vocab_size):
                 found[role] = token_id
         return found
 

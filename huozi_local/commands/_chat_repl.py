@@ -55,8 +55,7 @@ class ChatRepl:
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> ChatRepl:
-        from rich.console import Console
-
+        from huozi_local.commands._console import text_console
         from huozi_local.commands._engine_load import (
             load_engine,
             sampling_from,
@@ -87,7 +86,7 @@ class ChatRepl:
             paths=Paths.from_env(),
             json_mode=args.json,
             interactive=sys.stdin.isatty(),
-            console=Console(highlight=False),
+            console=text_console(),
         )
 
     # -- input ----------------------------------------------------------------------------
@@ -148,8 +147,10 @@ class ChatRepl:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         if self.interactive and not self.json_mode:
-            name = self.engine.model_name
-            self.console.print(f"[bold]{name}[/] · context {self.engine.n_ctx} · {HELP}")
+            from rich.text import Text
+
+            name = Text(self.engine.model_name, style="bold")
+            self.console.print(name, f"· context {self.engine.n_ctx} · {HELP}")
         try:
             for line in self._lines():
                 text = line.strip()
@@ -202,7 +203,7 @@ class ChatRepl:
         if self.json_mode:
             print(f"huozi-local: {text}", file=sys.stderr)
         else:
-            self.console.print(f"[dim]{text}[/]", markup=True)
+            self.console.print(text, style="dim")
 
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import closed_after, result_record
@@ -217,7 +218,7 @@ class ChatRepl:
             signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set())
         streaming = not self.json_mode
         if streaming and self.interactive:
-            self.console.print("[bold cyan]助手>[/] ", end="")
+            self.console.print("助手> ", style="bold cyan", end="")
         result: ReplyResult | None = None
         try:
             # Closed however the loop ends, so engine.close() never waits on a suspended

@@ -157,3 +157,23 @@ def test_bad_input_is_one_line_and_exit_2(
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("huozi-local: ") and str(path) in lines[0]
+
+
+def test_names_from_the_file_are_shown_as_text_not_markup(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A general.name or tensor name holding `[/INST]` made rich raise (a traceback instead of
+    the report), and `[bold]x[/]` or a `[b]` in the path lost its brackets."""
+    from odd_text import ODD_NAME, ODD_TENSOR, with_odd_header
+
+    monkeypatch.setenv("COLUMNS", "200")  # one row per line: the names are not wrapped
+    path = with_odd_header(
+        tiny_models.get("merged", "f32"), tmp_path / "odd [b]x.gguf", odd_tensor=True
+    )
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    for text in (str(path), ODD_NAME, ODD_TENSOR, "total"):
+        assert text in out, text

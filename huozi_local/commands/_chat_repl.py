@@ -10,9 +10,12 @@ after every reply, so a crash or a closed terminal never loses it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,8 +58,7 @@ class ChatRepl:
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> ChatRepl:
-        from rich.console import Console
-
+        from huozi_local.commands._console import text_console
         from huozi_local.commands._engine_load import (
             load_engine,
             sampling_from,
@@ -87,7 +89,7 @@ class ChatRepl:
             paths=Paths.from_env(),
             json_mode=args.json,
             interactive=sys.stdin.isatty(),
-            console=Console(highlight=False),
+            console=text_console(),
         )
 
     # -- input ----------------------------------------------------------------------------
@@ -148,8 +150,10 @@ class ChatRepl:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         if self.interactive and not self.json_mode:
-            name = self.engine.model_name
-            self.console.print(f"[bold]{name}[/] · context {self.engine.n_ctx} · {HELP}")
+            from rich.text import Text
+
+            name = Text(self.engine.model_name, style="bold")
+            self.console.print(name, f"· context {self.engine.n_ctx} · {HELP}")
         try:
             for line in self._lines():
                 text = line.strip()
@@ -185,7 +189,7 @@ class ChatRepl:
             else:
                 self._note("nothing to answer again")
         elif name == "/save":
-            target = Path(rest or f"huozi-chat-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            target = save_target(rest)
             try:
                 self._write(target)
             except OSError as exc:
@@ -202,7 +206,7 @@ class ChatRepl:
         if self.json_mode:
             print(f"huozi-local: {text}", file=sys.stderr)
         else:
-            self.console.print(f"[dim]{text}[/]", markup=True)
+            self.console.print(text, style="dim")
 
     def _reply(self) -> None:
         from huozi_local.commands._engine_load import closed_after, result_record
@@ -217,7 +221,7 @@ class ChatRepl:
             signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set())
         streaming = not self.json_mode
         if streaming and self.interactive:
-            self.console.print("[bold cyan]助手>[/] ", end="")
+            self.console.print("助手> ", style="bold cyan", end="")
         result: ReplyResult | None = None
         try:
             # Closed however the loop ends, so engine.close() never waits on a suspended
@@ -274,10 +278,7 @@ class ChatRepl:
         rows = [{"role": m.role, "content": m.content} for m in self.messages]
         if self.system:
             rows.insert(0, {"role": "system", "content": self.system})
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        write_replacing(target, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
 
     def _autosave(self) -> None:
         """Autosave is a safety net: the chat goes on without it, but the user is told once
@@ -293,6 +294,48 @@ class ChatRepl:
                     f"{exc.strerror or exc} (the chat goes on; /save FILE keeps it)",
                     file=sys.stderr,
                 )
+
+
+def save_target(typed: str) -> Path:
+    """The file `/save TYPED` writes.
+
+    A folder gets the conversation under the default name, huozi-chat-YYYYmmdd-HHMMSS.json:
+    one that exists, `.`, `..`, `/`, or any path typed with a trailing slash (made if missing,
+    as the folders above a file are). Such paths were taken as the file itself: `.` and `/`
+    ended the chat with a traceback and `sub/` wrote a file named `sub`. `~` is the home folder,
+    as in a shell, since no shell expands what is typed here.
+    """
+    default = f"huozi-chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    if not typed:
+        return Path(default)
+    path = Path(typed).expanduser()
+    try:
+        folder = path.is_dir()
+    except OSError:  # a name too long for the system: the save itself says so in one line
+        folder = False
+    if folder or typed.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        return path / default
+    return path
+
+
+def write_replacing(target: Path, text: str) -> None:
+    """Write `text` to `target` whole or not at all, and never leave a temporary file.
+
+    The temporary file used to be `<target>.tmp`, left behind whenever the final rename failed
+    (`/save ..` left `...tmp`); it now has a unique, short name of its own in the target's
+    folder and is removed whatever stopped the save.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".huozi-chat-", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _stats(result: ReplyResult) -> str:

@@ -24,7 +24,6 @@ class ProgressBar:
 
     def __init__(self, stream: TextIO) -> None:
         self.enabled = stream.isatty()
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -34,14 +33,17 @@ class ProgressBar:
         )
         from rich.progress import Progress as RichProgress
 
+        from huozi_local.commands._console import text_console
+
+        # markup=False: the note is the core's message, which names files and servers.
         self._progress = RichProgress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=Console(file=stream),
+            TextColumn("{task.fields[note]}", markup=False),
+            console=text_console(stream),
             transient=False,
         )
         self._tasks: dict[str, Any] = {}

@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ask",
         help="ask one question and stream the reply",
         description=(
-            "Ask the model one question and stream its reply to stdout. TEXT '-' (or no TEXT "
-            "with piped input) reads the question from stdin."
+            "Ask the model one question and stream its reply to stdout. Stdin is read only when "
+            "asked: TEXT '-' reads the question from it, --messages - the conversation; with "
+            "neither TEXT nor --messages, piped input is the question."
         ),
     )
     parser.add_argument("text", nargs="?", metavar="TEXT", help="the question ('-': stdin)")
@@ -27,28 +28,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--messages",
         metavar="FILE.json",
         help="the conversation so far: a JSON list of {role, content} (system/user/assistant "
-        "or 系统/用户/助手)",
+        "or 系统/用户/助手); '-': read it from stdin",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     parser.set_defaults(handler=run_ask)
 
 
-def read_messages_file(path: Path) -> list[Any]:
-    """An OpenAI-style message list from a file, or a one-line HuoziError."""
-    from huozi_local.core.chat.types import ChatMessage
+STDIN = "-"
 
+
+def read_messages(source: str) -> list[Any]:
+    """An OpenAI-style message list from a file, or from stdin when `source` is '-'; a one-line
+    HuoziError otherwise."""
+    if source == STDIN:
+        return parse_messages(_read_stdin("the conversation on stdin"), "stdin")
+    path = Path(source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise HuoziError(f"no such messages file: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise HuoziError(f"cannot read {path}: {exc}") from exc
+    return parse_messages(text, str(path))
+
+
+def parse_messages(text: str, where: str) -> list[Any]:
+    from huozi_local.core.chat.types import ChatMessage
+
+    try:
+        data = json.loads(text)
     except ValueError as exc:
-        raise HuoziError(f"{path} is not valid JSON: {exc}") from exc
+        raise HuoziError(f"{where} is not valid JSON: {exc}") from exc
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
         data = data["messages"]
     if not isinstance(data, list):
-        raise HuoziError(f"{path} must hold a JSON list of {{role, content}} objects")
+        raise HuoziError(f"{where} must hold a JSON list of {{role, content}} objects")
     messages = []
     for index, item in enumerate(data):
         if (
@@ -56,8 +70,8 @@ def read_messages_file(path: Path) -> list[Any]:
             or not isinstance(item.get("role"), str)
             or not isinstance(item.get("content"), str)
         ):
-            raise HuoziError(f"{path}: message {index} needs string 'role' and 'content'")
-        content = checked_text(item["content"], f"{path}: message {index}")
+            raise HuoziError(f"{where}: message {index} needs string 'role' and 'content'")
+        content = checked_text(item["content"], f"{where}: message {index}")
         messages.append(ChatMessage.of(item["role"], content))
     return messages
 
@@ -90,13 +104,25 @@ def checked_text(text: str, where: str) -> str:
     return text
 
 
+def _read_stdin(what: str) -> str:
+    try:
+        piped = sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise undecodable(exc, what) from None
+    return checked_text(piped, what)
+
+
 def _question(args: argparse.Namespace) -> str | None:
-    if args.text == "-" or (args.text is None and not sys.stdin.isatty()):
-        try:
-            piped = sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise undecodable(exc, "the question on stdin") from None
-        return checked_text(piped, "the question on stdin").strip() or None
+    """TEXT, or the question on stdin when asked for it.
+
+    Stdin is read only on request: `ask --messages f.json` used to read it whenever it was not
+    a terminal, so under `ssh host cmd`, cron or CI (a stdin nobody closes) it waited forever,
+    and text piped for another purpose became one more message. A plain `ask` with piped input
+    and nothing else to ask still reads it, as `--help` has always said.
+    """
+    piped = args.text is None and args.messages is None and not sys.stdin.isatty()
+    if args.text == STDIN or piped:
+        return _read_stdin("the question on stdin").strip() or None
     text: str | None = args.text
     return None if text is None else checked_text(text, "TEXT")
 
@@ -114,12 +140,19 @@ def run_ask(args: argparse.Namespace) -> int:
 
     if args.system is not None:
         checked_text(args.system, "--system")
-    messages = read_messages_file(Path(args.messages)) if args.messages else []
+    if args.messages == STDIN and args.text == STDIN:
+        raise HuoziError(
+            "stdin holds one thing: give the conversation (--messages -) or the question "
+            "(TEXT -) on it, not both"
+        )
+    messages = read_messages(args.messages) if args.messages else []
     question = _question(args)
     if question:
         messages.append(ChatMessage("user", question))
     if not messages:
-        raise HuoziError("nothing to ask: give TEXT, '-' with text on stdin, or --messages FILE")
+        raise HuoziError(
+            "nothing to ask: give TEXT, '-' with text on stdin, or --messages FILE (or -)"
+        )
     if messages[-1].role != "user":
         raise HuoziError("the conversation must end with a user message to be answered")
     loaded, settings = load_engine(args)

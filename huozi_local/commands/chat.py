@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Chat in the terminal with streamed replies. Commands: /new (start over), "
             "/system TEXT (set the system prompt), /regen (answer the last message again), "
-            "/save [FILE] (write the conversation as JSON, readable by `ask --messages`), "
+            "/save [FILE|FOLDER/] (write the conversation as JSON, readable by `ask --messages`; "
+            "into a folder, or with no FILE, as huozi-chat-YYYYmmdd-HHMMSS.json), "
             "/quit. Ctrl-C stops a reply; Ctrl-D or /quit leaves. With piped input, each line "
             "is one user message."
         ),

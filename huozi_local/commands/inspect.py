@@ -88,14 +88,17 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _print_human(r: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    from huozi_local.commands._console import text_console
     from huozi_local.core.units import format_bytes
 
-    console = Console(highlight=False)
+    # Names, paths and tensor names come from the file: text_console shows them as they are.
+    console = text_console()
     console.print(
-        f"[bold]{r['path']}[/]  ({format_bytes(r['file_size'])}, GGUF v{r['gguf_version']})"
+        Text(r["path"], style="bold"),
+        f" ({format_bytes(r['file_size'])}, GGUF v{r['gguf_version']})",
     )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="cyan")
@@ -146,13 +149,13 @@ def _print_human(r: dict[str, Any]) -> None:
         sizes.add_row(f"blk.{index}.*", format_bytes(n))
     for name, n in r["non_layer_bytes"].items():
         sizes.add_row(name, format_bytes(n))
-    sizes.add_row("[bold]total[/]", f"[bold]{format_bytes(r['total_tensor_bytes'])}[/]")
+    sizes.add_row("total", format_bytes(r["total_tensor_bytes"]), style="bold")
     console.print(sizes)
 
     if r["loads_as_is"]:
-        console.print("[green]today's llama.cpp loads this file as is[/]")
+        console.print("today's llama.cpp loads this file as is", style="green")
     else:
-        console.print("[red]today's llama.cpp cannot load this file as is:[/]")
+        console.print("today's llama.cpp cannot load this file as is:", style="red")
         for blocker in r["load_blockers"]:
             console.print(f"  - {blocker}")
     if r["repair_plan"]:

@@ -51,10 +51,10 @@ _FITS_STYLE = {"fits": "green", "partial": "yellow", "no": "red"}
 
 
 def _print_table(states: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from huozi_local.commands._console import text_console
     from huozi_local.core.units import format_bytes
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -74,7 +74,7 @@ def _print_table(states: list[Any]) -> None:
             Text(on_disk, style=_STATE_STYLE.get(state.state, "")),
             Text(fits, style=_FITS_STYLE.get(fits, "")),
         )
-    Console().print(table)
+    text_console().print(table)
     print(
         "download one with: huozi-local download FAMILY[:QUANT]; "
         "use a file you have with: huozi-local import FILE.gguf"

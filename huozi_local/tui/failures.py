@@ -102,7 +102,8 @@ class WorkerFailed(ModalScreen[FailureChoice]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"出错了 Something went wrong: {self.where}", id="failed-title")
+            title = f"出错了 Something went wrong: {self.where}"  # names a model file
+            yield Label(title, id="failed-title", markup=False)
             yield Label(self.message, id="failed-message", markup=False)
             details = (
                 f"详情 Details: {self.log_path}"

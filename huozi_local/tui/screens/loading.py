@@ -57,11 +57,12 @@ class LoadingScreen(RecoveringScreen):
     def compose(self) -> ComposeResult:
         with Middle():
             with Center():
-                yield Label(f"正在加载模型 Loading {self.planned.label}", id="loading-title")
+                title = f"正在加载模型 Loading {self.planned.label}"
+                yield Label(title, id="loading-title", markup=False)
             with Center():
                 yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
             with Center():
-                yield Label("", id="load-detail")
+                yield Label("", id="load-detail", markup=False)
 
     def on_mount(self) -> None:
         self.start_load()

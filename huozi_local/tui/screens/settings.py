@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -92,17 +93,16 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def compose(self) -> ComposeResult:
         from huozi_local.core.fetch.model_folder import installed_models
 
-        models = [
-            (f"{m.family}:{m.quant}", f"{m.family}:{m.quant}") for m in installed_models(self.paths)
-        ]
-        if self.settings.model and self.settings.model not in {value for _, value in models}:
-            models.insert(0, (self.settings.model, self.settings.model))
+        specs = [f"{m.family}:{m.quant}" for m in installed_models(self.paths)]
+        if self.settings.model and self.settings.model not in specs:
+            specs.insert(0, self.settings.model)  # a path or hf: spec, which may hold `[b]`
+        models = [(Text(spec), spec) for spec in specs]  # Text: shown as it is, never markup
         with VerticalScroll():
             yield Label("设置 Settings", classes="section-title")
             yield Label("系统提示 System prompt")
             yield TextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
             for name, title, _kind in NUMBER_FIELDS:
-                yield Label(title)
+                yield Label(title, markup=False)
                 yield Input(_shown(name, getattr(self.settings, name)), id=name)
             yield Checkbox(
                 "保存离开的对话的 KV 缓存 Keep the KV cache of conversations left (prompt cache)",

@@ -137,6 +137,7 @@ class SetupScreen(RecoveringScreen):
             yield OptionList(
                 *[Option(o.line, id=o.quant, disabled=not o.usable) for o in report.options],
                 id="quants",
+                markup=False,
             )
             yield Static(report.disk_line, id="disk", markup=False)
             yield Label("下载来源 Download from", classes="section-title")
@@ -144,7 +145,7 @@ class SetupScreen(RecoveringScreen):
             with Horizontal(id="setup-buttons"):
                 yield Button("下载并开始 Download & start", variant="primary", id="start")
                 yield Button("取消 Cancel", id="cancel", disabled=True)
-            yield Label("", id="stage")
+            yield Label("", id="stage", markup=False)
             yield ProgressBar(total=None, show_eta=False, id="download-progress")
             yield Label("", id="detail", classes="muted", markup=False)
             yield FailurePanel(FAILURE_ACTIONS, id="failure")

@@ -35,9 +35,9 @@ class MessageView(Vertical, can_focus=True):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
-        yield Markdown(self.text)
-        yield Label(self.note, classes="note")
+        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role", markup=False)
+        yield Markdown(self.text)  # Markdown never reads rich markup: `[b]` stays as typed
+        yield Label(self.note, classes="note", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(".note", Label).display = bool(self.note)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
 from textual.widgets import RadioButton, RadioSet
 
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
@@ -43,9 +44,10 @@ class SourcePicker(Vertical):
                 )
 
     @staticmethod
-    def _label(source: DownloadSource, result: ProbeResult | None) -> str:
+    def _label(source: DownloadSource, result: ProbeResult | None) -> Content:
+        # Content, not markup: a summary quotes the server's answer and the mirror's address.
         state = CHECKING if result is None else result.summary
-        return f"{source.label}: {state}"
+        return Content(f"{source.label}: {state}")
 
     def _button(self, kind: SourceKind) -> RadioButton:
         return self.query_one(f"#{_id(kind)}", RadioButton)

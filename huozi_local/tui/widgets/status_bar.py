@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual.content import Content
 from textual.widgets import Static
 
 from huozi_local.tui.session import ModelInfo, ReplyStats
@@ -29,4 +30,6 @@ class StatusBar(Static):
     """
 
     def show(self, model: ModelInfo, stats: ReplyStats, state: str = "") -> None:
-        self.update(status_text(model, stats, state))
+        # Content, not markup: the label is a file's name or a server's model id (`[/INST]`
+        # in one made the app crash at start).
+        self.update(Content(status_text(model, stats, state)))

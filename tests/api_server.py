@@ -24,6 +24,7 @@ from huozi_local.core.chat.types import (
     SamplingOptions,
 )
 from huozi_local.server.app import ServedModel, create_app
+from huozi_local.server.connections import ConnectionLimits
 from huozi_local.server.runner import base_url, bind_socket, make_server
 from huozi_local.server.serving import raw_completer
 
@@ -83,15 +84,17 @@ def running_server(
     *,
     model_id: str = "huozi3-tiny",
     api_key: str | None = None,
+    limits: ConnectionLimits | None = None,
     **app_options: Any,
 ) -> Iterator[RunningServer]:
     """Greedy by default, so replies to unrigged prompts are repeatable too. `app_options` go
-    to `create_app` (CORS origins, the body limit), but `system_prompt`: the served default."""
+    to `create_app` (CORS origins, the body limit), but `system_prompt`: the served default;
+    `limits` (timeouts, the connection cap) to the runner."""
     system_prompt = app_options.pop("system_prompt", "")
     recording = RecordingBackend(engine)
     served = ServedModel(recording, model_id, raw_completer(engine), system_prompt)
     app = create_app(served, api_key=api_key, defaults=GREEDY, **app_options)
-    server = make_server(app, log_level="warning")
+    server = make_server(app, log_level="warning", limits=limits)
     sock = bind_socket("127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

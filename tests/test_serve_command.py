@@ -13,6 +13,8 @@ import openai
 import pytest
 from api_server import huozi_roles
 
+from huozi_local.testing.tiny_model import TinyModels
+
 pytestmark = pytest.mark.slow
 
 
@@ -154,3 +156,57 @@ def test_serve_applies_the_guard_and_cors_option(tiny_models, huozi_home: Path) 
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0
+
+
+def test_slow_clients_beyond_the_fd_limit_do_not_silence_serve(
+    tiny_models: TinyModels, huozi_home: Path
+) -> None:
+    """`serve` at `ulimit -n 64` with 200 connections that each send half a request: /health
+    is still answered and stderr stays a few lines (on main: /health timed out for everyone and
+    stderr took a "Too many open files" traceback per pending connection, megabytes a second)."""
+    import http.client
+    import resource
+    import threading
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "huozi_local", "serve", "--model", str(model), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=low_fd_limit,
+    )
+    lines: list[str] = []
+    attackers: list[socket.socket] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "serving" in line:
+                break
+        port = int(lines[-1].split(" at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
+        # Drained meanwhile, so a flood could not block the server on a full pipe.
+        drain = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+        drain.start()
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            attackers.append(sock)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        drain.join(60)
+    finally:
+        for sock in attackers:
+            sock.close()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert len(lines) < 30, "".join(lines[:40])

@@ -288,3 +288,24 @@ def _status_for_declared_length(server: RunningServer, length: int) -> int:
             return 0  # still waiting for the rest of the body: not refused
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "digits"),
+    [("max_tokens", 5000), ("x_unknown_field", 5000), ("temperature", 400)],
+    ids=["past-int-digit-limit", "past-limit-in-an-ignored-field", "too-big-for-a-float"],
+)
+def test_a_huge_json_integer_is_400_with_an_openai_body_not_a_plain_500(
+    server: RunningServer, capfd: pytest.CaptureFixture[str], field: str, digits: int
+) -> None:
+    """Past 4300 digits json.loads's int() raised ValueError; a 400-digit temperature made
+    math.isfinite raise OverflowError: both plain-text 500s with a traceback in the log."""
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (
+        field.encode(),
+        b"9" * digits,
+    )
+    status, headers, raw = request(server, "POST", "/chat/completions", body, JSON)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    error = error_of(raw)
+    assert len(str(error["message"])) < 200
+    assert "Traceback" not in capfd.readouterr().err

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -95,7 +95,11 @@ def create_app(
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/health", api.health, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error, APIError: _api_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            APIError: _api_error,
+            ClientDisconnect: _client_gone,
+        },
         lifespan=lifespan,
         middleware=_middleware(bind_host, cors_origins, max_body_bytes, keyed=bool(api_key)),
     )
@@ -135,6 +139,13 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 async def _api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return JSONResponse(exc.body(), exc.status)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """The client hung up, or was cut off at its body deadline, before its body arrived: the
+    answer goes nowhere, and it is no server error to log with a traceback."""
+    gone = APIError(499, "client closed the request", code="client_closed")
+    return JSONResponse(gone.body(), gone.status)
 
 
 def _engine_error(exc: BaseException) -> APIError:

@@ -1,7 +1,10 @@
-"""Running the app under uvicorn: our own listening socket, and Ctrl-C that stops generation.
+"""Running the app under uvicorn: our own listening socket, Ctrl-C that stops generation, and
+limits on slow and idle clients.
 
 The socket is bound here, not by uvicorn, so a busy port or a bad address is one HuoziError line
-(uvicorn would log and `sys.exit(1)`), and port 0 reports the port it actually got.
+(uvicorn would log and `sys.exit(1)`), and port 0 reports the port it actually got. uvicorn runs
+our guarded h11 protocol on asyncio's own loop (see `connections`): the connection cap works in
+the listening socket's accept(), which uvloop would bypass.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ import uvicorn
 from starlette.applications import Starlette
 
 from huozi_local.core.errors import HuoziError
+from huozi_local.server.connections import (
+    ConnectionLimits,
+    ConnectionTable,
+    guarded_listener,
+    guarded_protocol,
+)
+from huozi_local.server.log_limit import rate_limited_logs
 from huozi_local.server.queue import GenerationQueue
 
 
@@ -54,23 +64,45 @@ def base_url(sock: socket.socket) -> str:
 
 class HuoziServer(uvicorn.Server):  # type: ignore[misc]
     """uvicorn's server whose first Ctrl-C also cancels the running generation, so a long reply
-    does not hold the graceful shutdown until it finishes."""
+    does not hold the graceful shutdown until it finishes; it accepts through `connections` and
+    rate-limits the log lines a peer can cause while it runs."""
 
-    def __init__(self, config: uvicorn.Config, generation: GenerationQueue) -> None:
+    def __init__(
+        self, config: uvicorn.Config, generation: GenerationQueue, connections: ConnectionTable
+    ) -> None:
         super().__init__(config)
         self._generation = generation
+        self.connections = connections
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        with rate_limited_logs():
+            await super().serve(sockets=sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is not None:
+            sockets = [guarded_listener(sock, self.connections) for sock in sockets]
+        await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._generation.cancel_all()
         super().handle_exit(sig, frame)
 
 
-def make_server(app: Starlette, *, log_level: str = "info") -> HuoziServer:
+def make_server(
+    app: Starlette, *, log_level: str = "info", limits: ConnectionLimits | None = None
+) -> HuoziServer:
+    """`limits` None: the defaults (see `ConnectionLimits`), the cap fitted to the fd limit
+    as it stands now, after the model is loaded."""
+    limits = limits or ConnectionLimits()
+    connections = ConnectionTable(limits.connection_cap())
     config = uvicorn.Config(
         app,
         log_level=log_level,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http=guarded_protocol(connections, limits),
+        loop="asyncio",
+        timeout_keep_alive=limits.keep_alive_timeout,
     )
     generation: GenerationQueue = app.state.generation_queue
-    return HuoziServer(config, generation)
+    return HuoziServer(config, generation, connections)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +77,9 @@ class CompletionRequest:
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 for bytes that are not UTF-8, invalid or too deeply
-    nested JSON (a RecursionError was a plain-text 500), and strings holding lone surrogates
-    (`"\\udcff"` is valid JSON but not text: it failed as a 500 in the tokenizer)."""
+    nested JSON (a RecursionError was a plain-text 500), strings holding lone surrogates
+    (`"\\udcff"` is valid JSON but not text: it failed as a 500 in the tokenizer), and integers
+    longer than Python converts (4300 digits by default: its ValueError was a plain-text 500)."""
     try:
         data = json.loads(raw.decode("utf-8"))
         json.dumps(data, ensure_ascii=False).encode("utf-8")
@@ -91,9 +93,19 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         ) from exc
     except RecursionError as exc:
         raise APIError(400, "request body is nested too deeply") from exc
+    except ValueError as exc:
+        # After its subclasses above: what is left is int()'s digit limit, hit while parsing.
+        raise APIError(
+            400, f"request body holds an integer longer than {_max_int_digits()} digits"
+        ) from exc
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     return data
+
+
+def _max_int_digits() -> int:
+    # sys.get_int_max_str_digits exists from Python 3.10.7 on, with the limit itself.
+    return int(getattr(sys, "get_int_max_str_digits", lambda: 4300)())
 
 
 def parse_chat_request(body: dict[str, Any], defaults: SamplingOptions) -> ChatRequest:
@@ -218,9 +230,12 @@ def _message_text(content: object, where: str) -> str:
 
 
 def _type_error(name: str, expected: str, value: object) -> APIError:
+    return APIError(400, f"'{name}' must be {expected}, got {_shown(value)}", param=name)
+
+
+def _shown(value: object) -> str:
     shown = json.dumps(value, ensure_ascii=False)
-    shown = shown if len(shown) <= 80 else shown[:80] + "…"  # never echo a huge value back
-    return APIError(400, f"'{name}' must be {expected}, got {shown}", param=name)
+    return shown if len(shown) <= 80 else shown[:80] + "…"  # never echo a huge value back
 
 
 def _optional_bool(body: dict[str, Any], name: str, default: bool) -> bool:
@@ -252,15 +267,30 @@ def _optional_number(
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise _type_error(name, "a number", value)
+    if isinstance(value, int) and not _fits_float(value):
+        raise APIError(400, f"'{name}' is out of range: {_shown(value)}", param=name)
     too_low = low is not None and (value <= low if exclusive_min else value < low)
     if too_low or (high is not None and value > high):
         bounds = f"{'above' if exclusive_min else 'at least'} {low}" if low is not None else ""
         if high is not None:
             bounds = f"between {low} and {high}" if low is not None else f"at most {high}"
-        raise APIError(400, f"'{name}' must be {bounds}, got {value}", param=name)
+        raise APIError(400, f"'{name}' must be {bounds}, got {_shown(value)}", param=name)
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _fits_float(value: int) -> bool:
+    """Whether float() takes it: math.isfinite(10**400) raised OverflowError, a plain-text 500."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _optional_int(body: dict[str, Any], name: str, low: int | None, high: int | None) -> int | None:
@@ -272,7 +302,7 @@ def _optional_int(body: dict[str, Any], name: str, low: int | None, high: int | 
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, "an integer", value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise APIError(400, f"'{name}' is out of range: {value}", param=name)
+        raise APIError(400, f"'{name}' is out of range: {_shown(value)}", param=name)
     return value
 
 

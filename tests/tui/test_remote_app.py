@@ -19,6 +19,7 @@ from api_server import (
     RunningServer,
     chunk,
     event_stream,
+    json_answer,
     running_server,
     scripted_server,
 )
@@ -105,4 +106,32 @@ async def test_a_malformed_reply_is_one_notice_naming_the_server_and_the_chat_go
             await send_and_wait(pilot, app, "再说一次")
             transcript = [(v.role, v.text) for v in screen.message_views()]
             assert transcript == [("user", "你好"), ("user", "再说一次"), ("assistant", "你好！")]
+    store.close()
+
+
+async def test_regenerate_after_a_reply_that_fails_at_once_neither_crashes_nor_sticks(
+    huozi_home: Path,
+) -> None:
+    """Ctrl+R runs as the app's action, not in the chat screen's queue: a reply that failed
+    before its view was mounted ended (and cleared the view) in between, and the screen then
+    started streaming into nothing (AttributeError in show_reply, the crash dialog)."""
+    paths = Paths.from_env()
+    store = ConversationStore.open(paths.database_file)
+    refused = json_answer({"error": {"message": "overloaded"}}, status=503)
+    with scripted_server([refused, refused, refused, A_GOOD_REPLY]) as url:
+        args = argparse.Namespace(endpoint=url, api_key=None, model=None, cpu_moe=None)
+        app = _build(args, paths, Settings(), store)
+        async with app.run_test(size=(110, 50), notifications=True) as pilot:
+            await wait_for(pilot, lambda: chat_ready(app), "the chat screen")
+            screen = await send_and_wait(pilot, app, "你好")
+            for attempt in (2, 3, 4):
+
+                def finished(count: int = attempt) -> bool:
+                    return screen.replies_finished == count
+
+                await pilot.press("ctrl+r")
+                await wait_for(pilot, finished, f"regenerate {attempt}")
+            transcript = [(v.role, v.text) for v in screen.message_views()]
+            assert transcript == [("user", "你好"), ("assistant", "你好！")]
+            assert app.screen is screen and not screen.replying
     store.close()

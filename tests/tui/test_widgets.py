@@ -10,7 +10,7 @@ from tui_helpers import wait_for
 from huozi_local.core.config import Paths, Settings
 from huozi_local.core.store.conversations import Conversation, ConversationStore
 from huozi_local.tui.app import create_app
-from huozi_local.tui.screens.chat import PendingText
+from huozi_local.tui.screens.reply_stream import PendingText
 from huozi_local.tui.session import ModelInfo, ReplyStats
 from huozi_local.tui.widgets.chat_input import ChatInput
 from huozi_local.tui.widgets.conversation_list import ConversationList

@@ -9,6 +9,7 @@ fewer, larger appends are what keep generation at full speed (benchmarks/bench_t
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.widgets import Footer
 
 from huozi_local.core.chat.types import ContextTrimmed, Notice, ReplyResult, TextDelta
@@ -27,56 +27,19 @@ from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import SettingsRequested
 from huozi_local.tui.remedies import app_wording
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
+from huozi_local.tui.screens.reply_stream import (
+    DRAW_INTERVAL_S,
+    UI_SHARE_OF_WALL,
+    PendingText,
+    ReplyEnded,
+    ReplyNotice,
+    ReplyText,
+)
 from huozi_local.tui.session import ChatSession
 from huozi_local.tui.widgets.chat_input import ChatInput
 from huozi_local.tui.widgets.conversation_list import ConversationList
 from huozi_local.tui.widgets.message_view import MessageView
 from huozi_local.tui.widgets.status_bar import StatusBar
-
-DRAW_INTERVAL_S = 0.1
-# The most of the wall clock the UI thread may spend on a streaming reply. Drawing holds the GIL,
-# and generation runs Python between llama.cpp calls, so every millisecond the screen spends
-# parsing and laying out Markdown is a millisecond the model waits. Draws are paced by their own
-# measured cost: a long reply that gets expensive to lay out is drawn less often, never slower.
-UI_SHARE_OF_WALL = 0.05
-
-
-class PendingText:
-    """Text the worker produced that the screen has not drawn yet."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._parts: list[str] = []
-
-    def add(self, text: str) -> bool:
-        """Queue text; True when the screen must be told (nothing was waiting before)."""
-        with self._lock:
-            was_empty = not self._parts
-            self._parts.append(text)
-            return was_empty
-
-    def take(self) -> str:
-        with self._lock:
-            text = "".join(self._parts)
-            self._parts.clear()
-            return text
-
-
-class ReplyText(Message):
-    """New text is waiting in the screen's PendingText."""
-
-
-class ReplyNotice(Message):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-
-class ReplyEnded(Message):
-    def __init__(self, result: ReplyResult | None, error: str = "") -> None:
-        super().__init__()
-        self.result = result
-        self.error = error
 
 
 class ChatScreen(RecoveringScreen):
@@ -107,6 +70,7 @@ class ChatScreen(RecoveringScreen):
         """Counts ended replies (tests and the benchmark wait on it rather than on a clock)."""
         self._search = ""
         self._live: MessageView | None = None
+        self._reply_shown = asyncio.Event()
         self._next_draw_at = 0.0
         self._ui_cpu_at_last_draw = 0.0
         self._draw_scheduled = False
@@ -194,10 +158,13 @@ class ChatScreen(RecoveringScreen):
 
         Called before the screen mounts what the reply needs: evaluating the prompt (on a GPU,
         or with a core to spare) overlaps that layout instead of waiting for it. The worker's
-        messages reach this screen only after the handler that called this one returns, by which
-        time `show_reply` has mounted the view they draw into.
+        messages wait for `show_reply` to have mounted the view they draw into: queued behind the
+        handler that called this one when it runs in this screen's queue, and held by
+        `_reply_shown` when it does not (Ctrl+R runs as the app's action, and a reply that fails
+        at once used to end, and clear the view, while the view was still being mounted).
         """
         self.replying = True
+        self._reply_shown = asyncio.Event()
         self._next_draw_at = 0.0
         # The first interval counts what sending cost the UI thread (mounting the reply, the
         # layout it triggers): that work overlaps the first tokens just as a draw does.
@@ -213,11 +180,14 @@ class ChatScreen(RecoveringScreen):
         self.recover(self.generate(self.cancel_event), recovery)
 
     async def show_reply(self) -> None:
-        self._live = MessageView("assistant")
-        log = self.message_log
-        await log.mount(self._live)
-        self._live.start_stream()
-        log.anchor()
+        try:
+            live = self._live = MessageView("assistant")
+            log = self.message_log
+            await log.mount(live)
+            live.start_stream()
+            log.anchor()
+        finally:
+            self._reply_shown.set()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
     def generate(self, cancel: threading.Event) -> None:
@@ -263,6 +233,7 @@ class ChatScreen(RecoveringScreen):
         self.notify(message.text, severity="warning", timeout=6, markup=False)
 
     async def on_reply_ended(self, message: ReplyEnded) -> None:
+        await self._reply_shown.wait()
         live = self._live
         self._live = None
         self.pending.take()  # the result carries the whole text; drop what was not drawn yet
@@ -301,9 +272,11 @@ class ChatScreen(RecoveringScreen):
             self.notify("Nothing to regenerate yet", severity="warning")
             return
         self.begin_reply()
-        if views and views[-1].role == "assistant":
-            await views[-1].remove()
-        await self.show_reply()
+        try:
+            if views and views[-1].role == "assistant":
+                await views[-1].remove()
+        finally:
+            await self.show_reply()
 
     def action_edit_last(self) -> None:
         if self.replying:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -95,7 +95,9 @@ class WorkQueue:
     """Missing ranges as chunks for several connections, and splitting of the tail."""
 
     def __init__(self, missing: Iterable[tuple[int, int]], chunk: int, min_split: int) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
+        """Held while a task's `pos`/`end` change; notified when a range is finished or given
+        back."""
         self._pending: list[Task] = []
         for start, end in missing:
             for at in range(start, end, chunk):
@@ -105,26 +107,38 @@ class WorkQueue:
         self._min_split = min_split
         self.splits = 0
 
-    def take(self) -> Task | None:
-        """The next chunk, else the back half of the range with the most bytes still to come
-        (None when nothing is left that is worth splitting)."""
+    def take(self, stopped: Callable[[], bool] = lambda: True) -> Task | None:
+        """The next chunk, else the back half of the range with the most bytes still to come.
+
+        None when every range is done or, while other connections still hold ranges too small
+        to split, once `stopped()` says so. Until then it waits: one of those connections may
+        stop (told to back off) and give its range back, and with every other connection gone
+        that range would never be fetched. The default returns at once.
+        """
         with self.lock:
-            if self._pending:
-                task = self._pending.pop()
-            else:
+            while True:
+                if self._pending:
+                    task = self._pending.pop()
+                    break
                 busiest = max(self._active, key=lambda t: t.remaining, default=None)
-                if busiest is None or busiest.remaining < 2 * self._min_split:
+                if busiest is None:
                     return None
-                middle = busiest.pos + busiest.remaining // 2
-                task = Task(middle, busiest.end, middle)
-                busiest.end = middle
-                self.splits += 1
+                if busiest.remaining >= 2 * self._min_split:
+                    middle = busiest.pos + busiest.remaining // 2
+                    task = Task(middle, busiest.end, middle)
+                    busiest.end = middle
+                    self.splits += 1
+                    break
+                if stopped():
+                    return None
+                self.lock.wait(0.1)
             self._active.append(task)
             return task
 
     def finish(self, task: Task) -> None:
         with self.lock:
             self._active.remove(task)
+            self.lock.notify_all()
 
     def give_back(self, task: Task) -> None:
         """A connection stops before its range is done: the rest goes back first in line."""
@@ -132,3 +146,4 @@ class WorkQueue:
             self._active.remove(task)
             if task.pos < task.end:
                 self._pending.append(Task(task.pos, task.end, task.pos))
+            self.lock.notify_all()

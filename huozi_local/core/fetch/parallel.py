@@ -180,7 +180,7 @@ class ParallelFetch:
                 while not self._first_answer.wait(0.05) and not self._stop.is_set():
                     pass
             while not self._stop.is_set() and index < self.limit:
-                task = self.queue.take()
+                task = self.queue.take(self._stop.is_set)
                 if task is None:
                     return
                 self._fetch_task(task, index)

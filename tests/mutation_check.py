@@ -253,6 +253,77 @@ SABOTAGES = (
         ),
         ("tests/test_serve_command.py",),
     ),
+    Sabotage(
+        "serve: a request head that never ends is never timed out",
+        (
+            Edit(
+                "huozi_local/server/connections.py",
+                "                self._set_deadline(self.limits.header_timeout)\n",
+                "                self._set_deadline(None)\n",
+            ),
+        ),
+        ("tests/test_server_slow_clients.py",),
+    ),
+    Sabotage(
+        "server: an integer past the digit limit is a plain-text 500",
+        (
+            Edit(
+                "huozi_local/server/schemas.py",
+                "    except ValueError as exc:\n        # After its subclasses",
+                "    except KeyError as exc:\n        # After its subclasses",
+            ),
+        ),
+        ("tests/test_server_guard.py",),
+    ),
+    Sabotage(
+        "CLI: text from files and people read as rich markup",
+        (
+            Edit(
+                "huozi_local/commands/_console.py",
+                "Console(file=file, markup=False,",
+                "Console(file=file, markup=True,",
+            ),
+        ),
+        ("tests/test_text_not_markup.py", "tests/test_inspect.py"),
+    ),
+    Sabotage(
+        "ask: --messages FILE reads a piped stdin too",
+        (
+            Edit(
+                "huozi_local/commands/ask.py",
+                "args.text is None and args.messages is None and not sys.stdin",
+                "args.text is None and not sys.stdin",
+            ),
+        ),
+        ("tests/test_ask_stdin.py",),
+    ),
+    Sabotage(
+        "import: a file with no tensors or tokens taken as a model",
+        (Edit("huozi_local/core/fetch/adopt.py", "    gguf.check_is_model()", "    pass"),),
+        ("tests/test_crafted_headers.py",),
+    ),
+    Sabotage(
+        "download: an idle connection stops while a range may still be given back",
+        (
+            Edit(
+                "huozi_local/core/fetch/parallel.py",
+                "task = self.queue.take(self._stop.is_set)",
+                "task = self.queue.take()",
+            ),
+        ),
+        ("tests/test_parallel_give_back.py", "tests/test_byte_ranges.py"),
+    ),
+    Sabotage(
+        "app: a reply that ends before its view is shown ends into nothing",
+        (
+            Edit(
+                "huozi_local/tui/screens/chat.py",
+                "        await self._reply_shown.wait()\n",
+                "",
+            ),
+        ),
+        ("tests/tui/test_remote_app.py",),
+    ),
 )
 
 

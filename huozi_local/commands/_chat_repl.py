@@ -218,7 +218,7 @@ class ChatRepl:
         previous = signal.getsignal(signal.SIGINT)
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set())
+            signal.signal(signal.SIGINT, lambda _sig, _frame: _interrupt(cancel))
         streaming = not self.json_mode
         if streaming and self.interactive:
             self.console.print("助手> ", style="bold cyan", end="")
@@ -350,3 +350,11 @@ def _stats(result: ReplyResult) -> str:
         f"first token {result.ttft_s:.2f}s · prompt {result.evaluated_prompt_tokens}"
         f"/{result.prompt_tokens} evaluated{restored}{stopped[result.stop_reason]}"
     )
+
+
+def _interrupt(cancel: threading.Event) -> None:
+    """Ctrl-C during a reply: the first stops it at the next token; a second leaves at once,
+    for when the first cannot be seen (a call waiting on an RPC worker that does not answer)."""
+    if cancel.is_set():
+        raise KeyboardInterrupt
+    cancel.set()

@@ -36,9 +36,10 @@ _DECODE_ERRORS = {
 class KvSession:
     """Sequence 0 of one llama.cpp context: what it holds, and how to add to it.
 
-    `guard`, when given, runs each call that waits on the devices, `guard(function, *args)`
-    (the model's `run_guarded`: with RPC workers a lost worker must become `WorkerLost`, not a
-    hang); without one, calls go direct.
+    `guard`, when given, runs each call that waits on the devices, `guard(function, *args)`:
+    decoding, and reading, writing or clearing the KV cache (on an RPC worker those are
+    transfers). It is the model's `run_guarded`: with RPC workers a lost worker must become
+    `WorkerLost`, not a hang; without one, calls go direct.
 
     The context may be smaller than the conversation may grow (`capacity`): when the tokens
     would not fit, `grow` is asked for a larger one, which it installs with `rebind` (the
@@ -96,7 +97,7 @@ class KvSession:
         state = bytearray(size)
         if size:
             view = (ctypes.c_uint8 * size).from_buffer(state)
-            written = int(self._lib.llama_state_seq_get_data(self._ctx, view, size, 0))
+            written = int(self._call(self._lib.llama_state_seq_get_data, self._ctx, view, size, 0))
             del view
             if written != size:
                 raise HuoziError(f"llama.cpp saved {written} of {size} bytes of the KV cache")
@@ -111,7 +112,7 @@ class KvSession:
         if not len(state) or len(tokens) > self.n_ctx:
             return False
         view = (ctypes.c_uint8 * len(state)).from_buffer(state)
-        read = int(self._lib.llama_state_seq_set_data(self._ctx, view, len(state), 0))
+        read = int(self._call(self._lib.llama_state_seq_set_data, self._ctx, view, len(state), 0))
         del view
         if read != len(state) or self._cached_positions() != len(tokens):
             self.clear()
@@ -149,7 +150,7 @@ class KvSession:
 
     def clear(self) -> None:
         """Forget everything (the next prompt is evaluated in full)."""
-        self._lib.llama_memory_clear(self._memory, True)
+        self._call(self._lib.llama_memory_clear, self._memory, True)
         self._tokens.clear()
 
     def reusable_prefix(self, prompt: Sequence[int]) -> int:
@@ -238,9 +239,13 @@ class KvSession:
         self._batch.n_tokens = n
 
     def _run_decode(self) -> int:
+        return int(self._call(self._lib.llama_decode, self._ctx, self._batch))
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """A call that may wait on the devices (decoding, the KV state's bytes), guarded."""
         if self._guard is None:
-            return int(self._lib.llama_decode(self._ctx, self._batch))
-        return int(self._guard(self._lib.llama_decode, self._ctx, self._batch))
+            return function(*args)
+        return self._guard(function, *args)
 
     def _decode(self, chunk: Sequence[int]) -> None:
         rc = self._run_decode()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import threading
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Any
 
 import llama_cpp
 
-from huozi_local.core.devices import ggml
+from huozi_local.core.devices import ggml, rpc_guard
 from huozi_local.core.errors import HuoziError, WorkerLost
 
 Guard = Callable[..., Any]  # guard(function, *args) -> function(*args)
@@ -46,6 +46,7 @@ class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
     def __init__(self, model_path: str, *, hooks: LoadHooks, **kwargs: Any) -> None:
         self._hooks = hooks
         self._broken = ""
+        self._closed = False
         self.guard: Guard | None = None
         """Runs a call that waits on the devices (None: call directly). Set for RPC devices."""
         super().__init__(model_path, **kwargs)
@@ -69,7 +70,10 @@ class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
         """Make the context again with room for `n_ctx` tokens (empty: the caller restores what
         it held). The old one, and its KV cache, is freed first, so the two never hold memory
         at once; should the new size fail to allocate, the old size is made again and the
-        failure raised as HuoziError."""
+        failure raised as HuoziError. With RPC devices it allocates there: guarded."""
+        self._maybe_guarded(self._replace_context, n_ctx)
+
+    def _replace_context(self, n_ctx: int) -> None:
         from llama_cpp import _internals
 
         old_n_ctx = int(self.context_params.n_ctx)
@@ -117,37 +121,27 @@ class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
     def run_guarded(self, call: Any, *args: Any) -> Any:
         """Run a call that waits on RPC devices where a lost worker cannot hang the reply.
 
-        Both evaluating and sampling synchronise with the devices; when a worker dies ggml's
+        Both evaluating and sampling synchronise with the devices; when a worker is lost ggml's
         RPC thread parks in the abort hook and the call never returns, so it runs in a helper
-        thread that is left behind.
+        thread (`rpc_guard.call_guarded`). Given up with the call still running (the worker
+        lost, or Ctrl-C while it does not answer), the model is abandoned: never used again.
         """
         if self._broken:
             raise WorkerLost(self._broken)
-        outcome: list[Any] = []
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                outcome.append(call(*args))
-            except BaseException as exc:
-                failure.append(exc)
-
-        helper = threading.Thread(target=run, name="huozi-rpc-call", daemon=True)
-        helper.start()
-        while helper.is_alive():
-            helper.join(0.05)
-            if ggml.worker_lost() is not None and helper.is_alive():
-                self._abandon()
-                raise WorkerLost(self._broken)
-        if failure:
-            raise failure[0]
-        return outcome[0]
+        try:
+            return rpc_guard.call_guarded(call, *args, on_left=self._abandon)
+        except WorkerLost:
+            raise WorkerLost(self._broken or rpc_guard.lost_message()) from None
 
     def _abandon(self) -> None:
-        """Never free this model: freeing would wait on the dead worker forever."""
+        """Never free this model: freeing would wait on the worker forever."""
+        why = rpc_guard.worker_lost()
         self._broken = (
-            f"the RPC worker went away ({ggml.worker_lost()}): this model cannot go on; "
+            f"{rpc_guard.lost_message()}: this model cannot go on; "
             "restart huozi-local to use it again"
+            if why is not None
+            else "an RPC call was interrupted while the worker did not answer: this model "
+            "cannot go on; restart huozi-local to use it again"
         )
         _ABANDONED.append(self)
         self._stack = ExitStack()
@@ -159,5 +153,17 @@ class HuoziLlama(llama_cpp.Llama):  # type: ignore[misc]
                     inner._exit_stack = ExitStack()
 
     def close(self) -> None:
-        if not self._broken:
-            super().close()
+        """Free the model and its context. With RPC devices freeing goes through the workers'
+        queue, behind whatever it waits on: guarded, so that a worker that does not answer
+        leaves the model abandoned (WorkerLost) or Ctrl-C can leave it, instead of a hang."""
+        stack = getattr(self, "_stack", None)
+        if self._broken or self._closed or stack is None:
+            return
+        self._closed = True  # once: __del__ at exit must not start a thread to free nothing
+        if self.guard is None:
+            stack.close()
+            return
+        if sys.is_finalizing():  # no thread can start now; a worker frees what a client
+            return  # leaves behind when its connection closes, so nothing needs freeing
+        with contextlib.suppress(WorkerLost):  # abandoned: nothing more can be freed
+            self.guard(stack.close)

@@ -12,20 +12,23 @@ through `HuoziLlama`'s hooks (llama_model.py):
   allocate (`dry_run_buffers`).
 
 A lost RPC worker makes ggml abort the process from the RPC client's own thread. With RPC
-devices, every call that waits on them runs in a helper thread; the abort handler parks the RPC
-thread for good and the reply gets `WorkerLost`, so the app keeps running (the model is unusable
-and never freed).
+devices, the load and every later call that waits on them run in a helper thread
+(`rpc_guard`); the abort hook parks the RPC thread for good and the load or the reply gets
+`WorkerLost`, so the app keeps running (the model is unusable and never freed).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huozi_local.core.devices import ggml
+from huozi_local.core.devices import ggml, rpc_guard
 from huozi_local.core.devices.buffers import BufferReport, capture_llama_log, parse_buffers
 from huozi_local.core.devices.endpoints import Endpoint, parse_endpoint
 from huozi_local.core.errors import Cancelled, HuoziError, LegacyLayout, WorkerLost
@@ -164,16 +167,15 @@ def load_llama(
     reporter = ThrottledProgress(progress, "load", PROGRESS_STEPS)
     device, devices = device_params(options.n_cpu_moe, options.rpc_servers)
     rpc = any(d.is_rpc for d in devices)
-    if rpc:
-        if ggml.worker_lost() is not None:
-            raise WorkerLost(
-                "an RPC worker was lost earlier in this session: restart huozi-local to use "
-                "RPC workers again"
-            )
-        ggml.watch_rpc_workers()
+    if rpc and rpc_guard.worker_lost() is not None:
+        raise WorkerLost(
+            "an RPC worker was lost earlier in this session: restart huozi-local to use "
+            "RPC workers again"
+        )
+    stop = threading.Event()  # Ctrl-C during a load that waits on workers (see below)
 
     def on_progress(fraction: float, _user_data: Any) -> bool:
-        if cancel is not None and cancel.is_set():
+        if (cancel is not None and cancel.is_set()) or stop.is_set():
             return False
         try:
             reporter.update(int(fraction * PROGRESS_STEPS), f"loading {path.name}")
@@ -182,14 +184,53 @@ def load_llama(
         return True
 
     hooks = LoadHooks(llama_cpp.llama_progress_callback(on_progress), device, no_alloc, rpc)
+
+    def build() -> HuoziLlama:
+        return HuoziLlama(str(path), hooks=hooks, **kwargs)
+
     try:
-        llm = HuoziLlama(str(path), hooks=hooks, **kwargs)
+        # With workers the load waits on them: it runs guarded, so a lost worker is WorkerLost
+        # and Ctrl-C stops it at the next progress step (a second one leaves it behind).
+        if rpc:
+            with _stdio_kept():
+                llm = rpc_guard.call_guarded(build, on_interrupt=stop.set)
+        else:
+            llm = build()
     except (ValueError, RuntimeError) as exc:
+        if stop.is_set():
+            raise KeyboardInterrupt from None
         if cancel is not None and cancel.is_set():
             raise Cancelled("model load cancelled") from exc
         raise HuoziError(f"llama.cpp could not load {path.name}: {exc}") from exc
+    except WorkerLost:
+        raise WorkerLost(f"{rpc_guard.lost_message()} while loading {path.name}") from None
+    if stop.is_set():
+        llm.close()
+        raise KeyboardInterrupt
     reporter.update(PROGRESS_STEPS, f"loaded {path.name}", force=True)
     return llm
+
+
+@contextmanager
+def _stdio_kept() -> Iterator[None]:
+    """Put stdout and stderr back when a load is left behind.
+
+    A quiet `Llama` load points fds 1 and 2, and sys.stdout/stderr, at /dev/null and back when
+    it is done: one left waiting on a lost worker never puts them back, and the line saying
+    what happened would go nowhere.
+    """
+    saved = (os.dup(1), os.dup(2))
+    streams = (sys.stdout, sys.stderr)
+    try:
+        yield
+    except BaseException:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        sys.stdout, sys.stderr = streams
+        raise
+    finally:
+        for fd in saved:
+            os.close(fd)
 
 
 class DryRunUnsupported(HuoziError):

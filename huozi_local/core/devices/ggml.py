@@ -13,6 +13,10 @@ Signatures are those of the llama.cpp vendored in llama-cpp-python 0.3.36:
    size_t n_threads, size_t n_devices, ggml_backend_dev_t * devices)` (blocks forever)
 - `void ggml_backend_register(ggml_backend_reg_t reg)`
 - `ggml_backend_buffer_type_t ggml_backend_cpu_buffer_type(void)`
+- `void ggml_set_abort_callback(ggml_abort_callback_t callback)` (ggml.h; see `rpc_guard`)
+
+ggml never talks to a worker directly: it is given the address of an `rpc_relay` in this
+process, which holds the worker to deadlines.
 
 llama_cpp is imported inside functions only: importing this module costs nothing.
 """
@@ -23,13 +27,14 @@ import ctypes
 import functools
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huozi_local.core.devices import rpc_guard, rpc_relay
 from huozi_local.core.devices.endpoints import Endpoint, probe_worker
-from huozi_local.core.errors import HuoziError
+from huozi_local.core.errors import HuoziError, WorkerLost
 
 # ggml-backend.h: enum ggml_backend_dev_type (IGPU was inserted before ACCEL in 2025).
 DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
@@ -57,7 +62,6 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     # llama.h, not wrapped by llama-cpp-python 0.3.36
     "llama_attach_threadpool": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None),
 }
-ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 
 
 class TensorBuftOverride(ctypes.Structure):
@@ -144,13 +148,20 @@ def supports_rpc() -> bool:
 def _describe(lib: GgmlLibrary, dev: int) -> GgmlDevice:
     name = lib.function("ggml_backend_dev_name")(dev) or b"?"
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    if not (name.startswith(b"RPC") and _lost.is_set()):  # a lost worker would never answer
-        lib.function("ggml_backend_dev_memory")(dev, ctypes.byref(free), ctypes.byref(total))
-    description = lib.function("ggml_backend_dev_description")(dev) or b""
+    memory = lib.function("ggml_backend_dev_memory")
+    if not name.startswith(b"RPC"):
+        memory(dev, ctypes.byref(free), ctypes.byref(total))
+    elif rpc_guard.worker_lost() is None:  # a lost worker would never answer
+        rpc_guard.call_guarded(memory, dev, ctypes.byref(free), ctypes.byref(total))
+    description = (lib.function("ggml_backend_dev_description")(dev) or b"").decode(
+        errors="replace"
+    )
+    if name.startswith(b"RPC"):  # ggml knows the relay's address; the user, the worker's
+        description = rpc_relay.worker_behind(description)
     kind = int(lib.function("ggml_backend_dev_type")(dev))
     return GgmlDevice(
         name=name.decode(errors="replace"),
-        description=description.decode(errors="replace"),
+        description=description,
         kind=DEVICE_TYPES.get(kind, "unknown"),
         memory_free_bytes=int(free.value),
         memory_total_bytes=int(total.value),
@@ -172,7 +183,10 @@ _register_lock = threading.Lock()
 def add_rpc_servers(endpoints: Sequence[Endpoint]) -> tuple[GgmlDevice, ...]:
     """Register each worker's devices with ggml (once per process) and return them.
 
-    Each worker is first probed in Python: llama.cpp aborts the process on a failed connect.
+    Each worker is first probed in Python (a wrong address or a busy worker is one line), then
+    registered through its relay (`rpc_relay`: ggml gets the relay's address, the relay holds
+    the worker to deadlines) in a guarded call (`rpc_guard`): a worker that stalls, hangs up or
+    answers garbage during registration is `WorkerLost`, not an abort or a hang.
     """
     if not endpoints:
         return ()
@@ -181,21 +195,34 @@ def add_rpc_servers(endpoints: Sequence[Endpoint]) -> tuple[GgmlDevice, ...]:
             "this llama-cpp-python was built without RPC support: reinstall it with "
             'CMAKE_ARGS="-DGGML_RPC=on" (see the README)'
         )
+    rpc_relay.rpc_timeout()  # a bad HUOZI_RPC_TIMEOUT is one line before anything connects
     lib = ggml()
     devices: list[GgmlDevice] = []
     with _register_lock:
         for endpoint in endpoints:
             if endpoint not in _registered:
+                if rpc_guard.worker_lost() is not None:  # ggml's RPC locks may be held for good
+                    raise WorkerLost(
+                        f"{rpc_guard.lost_message()}: restart huozi-local to use RPC workers"
+                    )
                 probe_worker(endpoint)
-                reg = lib.function("ggml_backend_rpc_add_server")(str(endpoint).encode())
-                if not reg:
-                    raise HuoziError(f"the RPC worker at {endpoint} offers no devices")
-                lib.function("ggml_backend_register")(reg)
-                count = int(lib.function("ggml_backend_reg_dev_count")(reg))
-                get = lib.function("ggml_backend_reg_dev_get")
-                _registered[endpoint] = tuple(_describe(lib, get(reg, i)) for i in range(count))
+                relay = rpc_relay.relay_for(endpoint)
+                rpc_guard.watch_rpc_workers(lib.function("ggml_set_abort_callback"))
+                _registered[endpoint] = rpc_guard.call_guarded(_register, lib, endpoint, relay)
             devices.extend(_registered[endpoint])
     return tuple(devices)
+
+
+def _register(
+    lib: GgmlLibrary, endpoint: Endpoint, relay: rpc_relay.WorkerRelay
+) -> tuple[GgmlDevice, ...]:
+    reg = lib.function("ggml_backend_rpc_add_server")(str(relay.endpoint).encode())
+    if not reg:
+        raise HuoziError(f"the RPC worker at {endpoint} offers no devices")
+    lib.function("ggml_backend_register")(reg)
+    count = int(lib.function("ggml_backend_reg_dev_count")(reg))
+    get = lib.function("ggml_backend_reg_dev_get")
+    return tuple(_describe(lib, get(reg, i)) for i in range(count))
 
 
 def registered_rpc_devices() -> tuple[GgmlDevice, ...]:
@@ -260,54 +287,3 @@ def start_rpc_server(endpoint: Endpoint, *, n_threads: int, cache_dir: Path | No
         str(endpoint).encode(), cache, n_threads, len(chosen), handles
     )
     raise HuoziError(f"the RPC worker could not listen on {endpoint} (port in use?)")
-
-
-_abort_handler: Any = None
-_lost = threading.Event()
-_lost_reason: list[str] = []
-_watching = False
-
-
-def on_ggml_abort(handler: Callable[[str], None]) -> None:
-    """Call `handler(message)` in place of ggml's default when llama.cpp aborts.
-
-    ggml still calls abort() once the handler returns; a handler that never returns keeps the
-    process alive (used for a lost RPC worker: the thread that found out is parked for good).
-    """
-    global _abort_handler
-
-    def call(message: bytes | None) -> None:
-        handler((message or b"").decode(errors="replace"))
-
-    _abort_handler = ABORT_CALLBACK(call)
-    ggml().function("ggml_set_abort_callback")(ctypes.cast(_abort_handler, ctypes.c_void_p))
-
-
-def watch_rpc_workers() -> None:
-    """Keep the process alive when an RPC worker goes away (installed once, on first use).
-
-    llama.cpp's RPC client aborts the process from its dispatcher thread when a worker stops
-    answering. The hook marks the loss (`worker_lost`) and parks that thread for good; whoever
-    waits on it (see chat.loader) gives up on its own. Other aborts behave as before.
-    """
-    global _watching
-    if _watching:
-        return
-    _watching = True
-
-    def on_abort(message: str) -> None:
-        if "RPC" not in message and "connect" not in message:
-            print(message, file=sys.stderr)
-            return  # not a worker: ggml aborts as it always did
-        _lost_reason.append(message.rsplit(": ", 1)[-1].strip())
-        _lost.set()
-        threading.Event().wait()  # park this thread for good; abort() never runs
-
-    on_ggml_abort(on_abort)
-
-
-def worker_lost() -> str | None:
-    """Why an RPC worker was lost in this process, or None while none was."""
-    if not _lost.is_set():
-        return None
-    return _lost_reason[0] if _lost_reason else "connection lost"

@@ -1,4 +1,4 @@
-"""`--rpc` to a worker that misbehaves after the handshake.
+"""`--rpc` to a worker that misbehaves after the handshake, and a worker held by an idle client.
 
 Each misbehaving worker is a real `huozi-local worker` behind `FaultyWorker`, which at a chosen
 command stalls (keeps the connection open and says nothing), hangs up, or answers bytes that
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from huozi_local.core.devices import rpc_wire
 from huozi_local.testing import rpc_faults
 from huozi_local.testing.rpc_faults import Fault, FaultyWorker
 from huozi_local.testing.rpc_worker import RpcWorker, free_port
-from huozi_local.testing.tiny_model import TinyModels
+from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 pytestmark = pytest.mark.slow
 HANG_S = 180  # a child still running after this has hung: the failure these tests catch
@@ -132,10 +134,56 @@ def test_ctrl_c_ends_a_reply_stalled_on_a_worker(
     assert "Traceback" not in errors and "Remote RPC server crashed" not in errors
 
 
+def hello(sock: socket.socket) -> None:
+    """llama.cpp's HELLO and its reply: from here on the worker serves this connection."""
+    sock.sendall(struct.pack("<BQ", rpc_wire.HELLO, 24) + bytes(24))
+    reply = b""
+    while len(reply) < 8 + 28:
+        chunk = sock.recv(64)
+        assert chunk, "the worker hung up on the HELLO"
+        reply += chunk
+
+
+def test_an_idle_client_gives_way_to_one_that_waits(
+    tiny_models: TinyModels, huozi_home: Path
+) -> None:
+    """Today one idle connection locked every other client out of the worker for good."""
+    model = str(tiny_models.get("merged", "q4_0", "chat"))
+    with RpcWorker(idle_timeout=0.2) as worker:
+        idle = socket.create_connection((worker.endpoint.host, worker.endpoint.port))
+        with idle:
+            hello(idle)  # served, then silent
+            done = run_cli("ask", "你好", "--model", model, "--rpc", str(worker.endpoint),
+                           home=huozi_home)  # fmt: skip
+            idle.settimeout(HANG_S)
+            assert idle.recv(1) == b""  # the worker hung up on it
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == RIG_TEXT
+
+
+def test_an_idle_client_keeps_the_worker_while_nobody_waits() -> None:
+    """Giving way is for a client that waits: alone, an idle client is never cut off."""
+    with RpcWorker(idle_timeout=0.1) as worker:
+        client = socket.create_connection((worker.endpoint.host, worker.endpoint.port))
+        with client:
+            hello(client)
+            client.settimeout(HANG_S)
+            time.sleep(1.0)  # idle ten times the timeout (no race: nobody else connects)
+            client.sendall(struct.pack("<BQ", 15, 0))  # DEVICE_COUNT
+            reply = b""
+            while len(reply) < 12:
+                chunk = client.recv(64)
+                assert chunk, "the worker hung up on an idle client nobody was waiting for"
+                reply += chunk
+    assert struct.unpack("<QI", reply) == (4, 1)  # one device: this machine's CPU
+
+
 def test_bad_deadlines_are_one_line(huozi_home: Path) -> None:
     closed = f"127.0.0.1:{free_port()}"
     done = run_cli("plan", "--rpc", closed, home=huozi_home, timeout_s="soon")
     assert_one_line(done, "HUOZI_RPC_TIMEOUT='soon' is not a number of seconds")
+    done = run_cli("worker", "--port", str(free_port()), "--idle-timeout", "-1", home=huozi_home)
+    assert_one_line(done, "--idle-timeout must be 0 or more seconds")
 
 
 def test_replies_are_walked_across_any_split_and_garbage_is_named() -> None:

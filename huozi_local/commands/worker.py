@@ -3,6 +3,10 @@
 The worker is llama.cpp's RPC server (`ggml_backend_rpc_start_server`): the other machine runs
 `chat --rpc HOST:PORT` and sees this machine's device as one of its own GPUs. The protocol has no
 authentication and no encryption, so the worker listens on loopback unless told otherwise.
+
+The server itself listens on a private loopback port; the address the user gives is held by
+`worker_front`, which passes one client through at a time and hangs up on an idle one when
+another is waiting (llama.cpp's server would serve an idle connection forever).
 """
 
 from __future__ import annotations
@@ -10,6 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
+
+    from huozi_local.core.devices.endpoints import Endpoint
+
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,27 +44,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep the large tensors clients send in DIR: the next load of the same model sends "
         "their hashes instead of gigabytes over the network",
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="hang up on a client that has been idle this long while another client waits "
+        f"(default {DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
+    )
     parser.set_defaults(handler=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    import math
     import socket
     import threading
 
     from huozi_local.core.devices import ggml
     from huozi_local.core.devices.endpoints import Endpoint, is_loopback_host
+    from huozi_local.core.devices.worker_front import WorkerFront
     from huozi_local.core.errors import HuoziError
 
     if not 0 < args.port < 65536:
         raise HuoziError(f"--port must be between 1 and 65535, not {args.port}")
     if args.threads is not None and args.threads < 1:
         raise HuoziError(f"--threads must be at least 1, not {args.threads}")
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
+        raise HuoziError(f"--idle-timeout must be 0 or more seconds, not {args.idle_timeout}")
     endpoint = Endpoint(args.host, args.port)
     try:  # a busy port or a foreign address fails here, in one line, before ggml's loop
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((args.host, args.port))
+        listener = socket.create_server((args.host, args.port), family=family, backlog=16)
     except OSError as exc:
         raise HuoziError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
     if not ggml.supports_rpc():
@@ -76,19 +98,33 @@ def run_worker(args: argparse.Namespace) -> int:
             raise HuoziError(
                 f"cannot use {cache} as the tensor cache: {exc.strerror or exc}"
             ) from None
+    backend = Endpoint("127.0.0.1", _free_loopback_port())
     failure: list[BaseException] = []
 
     def serve() -> None:
         try:
-            ggml.start_rpc_server(endpoint, n_threads=threads, cache_dir=cache)
+            ggml.start_rpc_server(backend, n_threads=threads, cache_dir=cache)
         except BaseException as exc:
             failure.append(exc)
 
-    print(f"huozi-local: worker serving at {endpoint} (Ctrl-C to stop)", file=sys.stderr)
-    sys.stderr.flush()
     server = threading.Thread(target=serve, name="huozi-rpc-worker", daemon=True)
     server.start()
     try:
+        _wait_until_serving(backend, server)
+        if failure:
+            raise failure[0]
+
+        def shed(idle: float) -> None:
+            print(
+                f"huozi-local: hung up on a client idle for {idle:.0f} s: another was waiting",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        front = WorkerFront(listener, backend, args.idle_timeout, on_shed=shed)
+        threading.Thread(target=front.serve_forever, name="huozi-worker-front", daemon=True).start()
+        print(f"huozi-local: worker serving at {endpoint} (Ctrl-C to stop)", file=sys.stderr)
+        sys.stderr.flush()
         while server.is_alive():
             server.join(0.5)
     except KeyboardInterrupt:
@@ -97,6 +133,29 @@ def run_worker(args: argparse.Namespace) -> int:
     if failure:
         raise failure[0]
     return 0
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_serving(backend: Endpoint, server: threading.Thread) -> None:
+    """Until llama.cpp's server answers a HELLO on its private port (or has given up)."""
+    import time
+
+    from huozi_local.core.devices.endpoints import probe_worker
+    from huozi_local.core.errors import HuoziError
+
+    while server.is_alive():
+        try:
+            probe_worker(backend, timeout=5.0)
+            return
+        except HuoziError:
+            time.sleep(0.05)
 
 
 def _physical_cores() -> int:

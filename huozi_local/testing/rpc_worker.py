@@ -34,12 +34,18 @@ class RpcWorker:
     """`python -m huozi_local worker` in a subprocess; a context manager that stops it."""
 
     def __init__(
-        self, *, threads: int = 1, log: Path | None = None, cache: Path | None = None
+        self,
+        *,
+        threads: int = 1,
+        log: Path | None = None,
+        cache: Path | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.endpoint = Endpoint("127.0.0.1", free_port())
         self._threads = threads
         self._log = log
         self._cache = cache
+        self._idle_timeout = idle_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> RpcWorker:
@@ -60,6 +66,7 @@ class RpcWorker:
                 "--threads",
                 str(self._threads),
                 *(["--cache", str(self._cache)] if self._cache else []),
+                *(["--idle-timeout", str(self._idle_timeout)] if self._idle_timeout else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,

@@ -314,6 +314,45 @@ SABOTAGES = (
         ("tests/test_parallel_give_back.py", "tests/test_byte_ranges.py"),
     ),
     Sabotage(
+        "rpc: a worker that owes a reply and says nothing is waited on for ever",
+        (
+            Edit(
+                "huozi_local/core/devices/rpc_relay.py",
+                "if owed is not None and waited > self.relay.timeout:",
+                "if False:",
+            ),
+        ),
+        (
+            "tests/test_rpc_faults.py::"
+            "test_a_worker_that_stalls_hangs_up_or_answers_garbage_is_one_line_and_exit_2",
+        ),
+    ),
+    Sabotage(
+        "rpc: a lost worker aborts the process instead of ending in one line",
+        (
+            Edit(
+                "huozi_local/core/devices/rpc_guard.py",
+                "    threading.Event().wait()  # park this thread for good; abort() never runs\n",
+                "",
+            ),
+        ),
+        (
+            "tests/test_rpc_faults.py::"
+            "test_a_worker_that_stalls_hangs_up_or_answers_garbage_is_one_line_and_exit_2",
+        ),
+    ),
+    Sabotage(
+        "worker: an idle client keeps every other one out",
+        (
+            Edit(
+                "huozi_local/core/devices/worker_front.py",
+                "if self._waiting and self.idle_timeout > 0 and idle >= self.idle_timeout:",
+                "if False:",
+            ),
+        ),
+        ("tests/test_rpc_faults.py::test_an_idle_client_gives_way_to_one_that_waits",),
+    ),
+    Sabotage(
         "app: a reply that ends before its view is shown ends into nothing",
         (
             Edit(

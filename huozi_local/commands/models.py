@@ -52,9 +52,8 @@ _FITS_STYLE = {"fits": "green", "partial": "yellow", "no": "red"}
 
 def _print_table(states: list[Any]) -> None:
     from rich.table import Table
-    from rich.text import Text
 
-    from huozi_local.commands._console import text_console
+    from huozi_local.commands._console import styled, text_console
     from huozi_local.core.units import format_bytes
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -71,8 +70,8 @@ def _print_table(states: list[Any]) -> None:
             name,
             state.filename,
             size,
-            Text(on_disk, style=_STATE_STYLE.get(state.state, "")),
-            Text(fits, style=_FITS_STYLE.get(fits, "")),
+            styled(on_disk, _STATE_STYLE.get(state.state, "")),
+            styled(fits, _FITS_STYLE.get(fits, "")),
         )
     text_console().print(table)
     print(

@@ -32,8 +32,10 @@ def run_models(args: argparse.Namespace) -> int:
         Paths.from_env(), offline=args.offline, endpoint=args.endpoint, machine=machine
     )
     if args.json:
-        json.dump([s.to_json() for s in states], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        text = json.dumps([s.to_json() for s in states], ensure_ascii=False, indent=2)
+        # A file name that is not UTF-8 (lone surrogates): as JSON escapes, which read back as
+        # that name, instead of an output that cannot be written at all.
+        sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
         return 0
     _print_table(states)
     return 0

@@ -18,6 +18,7 @@ import pytest
 
 from huozi_local.cli import main
 from huozi_local.core.config import Paths
+from huozi_local.core.fetch.adopt import STAGING_DIR
 from huozi_local.core.fetch.model_folder import imported_model_path, read_sidecar
 from huozi_local.testing.crafted_gguf import write_crafted_gguf
 
@@ -83,3 +84,20 @@ def test_models_lists_an_entry_whose_name_is_not_text_on_one_line(
     assert (code, err) == (0, "")
     rows = json.loads(out)
     assert rows[-1]["filename"] == NOT_UTF8  # JSON escapes it: read back, it is the name
+
+
+def test_importing_a_file_from_the_staging_folder_is_refused_and_keeps_it(
+    paths: Paths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was deleted: the import clears its staging name before staging there."""
+    staged = paths.models_dir / STAGING_DIR / "huozi3-q4_0.gguf"
+    staged.parent.mkdir(parents=True)
+    write_crafted_gguf(staged)
+    before = staged.read_bytes()[:4096], staged.stat().st_size
+
+    for extra in ((), ("--keep-both",), ("--move",)):
+        code, out, err = run_cli(capsys, "import", str(staged), *extra)
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1 and "staging folder" in err, err
+        assert (staged.read_bytes()[:4096], staged.stat().st_size) == before
+        assert everything_under(paths.models_dir) == [f"{STAGING_DIR}/huozi3-q4_0.gguf"]

@@ -19,9 +19,12 @@ ODD_TENSOR = "x[/INST].[bold]y[/]"
 """A tensor name llama.cpp does not know (so a model holding it only loads in `inspect`)."""
 
 
-def with_odd_header(src: Path, dst: Path, *, odd_tensor: bool = False) -> Path:
-    """A copy of the tiny model `src` whose general.name is ODD_NAME, plus, when asked, one more
-    (tiny) tensor named ODD_TENSOR; every other field and tensor byte is copied as it is."""
+def with_odd_header(
+    src: Path, dst: Path, *, odd_tensor: bool = False, name: str = ODD_NAME
+) -> Path:
+    """A copy of the tiny model `src` whose general.name is `name` (ODD_NAME unless given), plus,
+    when asked, one more (tiny) tensor named ODD_TENSOR; every other field and tensor byte is
+    copied as it is."""
     import gguf
 
     from huozi_local.testing.tiny_model import _byte_shape, copy_fields
@@ -31,7 +34,7 @@ def with_odd_header(src: Path, dst: Path, *, odd_tensor: bool = False) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(dst), arch=arch)
     copy_fields(reader, writer, skip=frozenset({"general.name"}))
-    writer.add_name(ODD_NAME)
+    writer.add_name(name)
     for tensor in reader.tensors:
         qtype = gguf.GGMLQuantizationType(int(tensor.tensor_type))
         raw = np.asarray(tensor.data).view(np.uint8).reshape(-1)

@@ -23,7 +23,7 @@ CORE_MODULES = sorted(
 # devices (ggml's device registry and RPC) sits below planning and chat, which both use it.
 # loading (plan -> measured fit -> load) sits on top: it may use every layer but store, and only
 # the front ends import it.
-BASICS = {"catalog", "config", "disk", "errors", "huozi", "progress", "units"}
+BASICS = {"catalog", "config", "control_text", "disk", "errors", "huozi", "progress", "units"}
 LAYERS = {"devices", "gguf", "planning", "fetch", "chat", "store", "loading"}
 FORBIDDEN_LAYERS: dict[str, set[str]] = {
     "basics": LAYERS,

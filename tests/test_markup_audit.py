@@ -3,8 +3,10 @@
 The behaviour is tested end to end (test_text_not_markup.py, tui/test_text_not_markup_app.py);
 this audit catches the next place that would hand a name or a path to a markup parser:
 
-- the commands make every rich Console through `commands/_console.text_console` (markup off),
-  never turn markup on, and build progress columns with markup=False;
+- the commands make every rich Console through `commands/_console.text_console` (markup off,
+  control characters escaped), never turn markup on, build progress columns with markup=False,
+  and make styled text with `_console.styled` (a bare rich `Text` would send an `ESC` in a
+  model's name to the terminal: tests/test_control_text.py);
 - in the app, a Label, a Static or a notification whose text is not a literal string is built
   with markup=False (Textual reads strings as markup by default).
 """
@@ -58,6 +60,8 @@ def test_commands_print_through_a_console_that_reads_no_markup() -> None:
             wrong.append(f"{where}: a Console not made by text_console()")
         if name == "from_markup" or _markup(call) is True:
             wrong.append(f"{where}: markup turned on")
+        if name == "Text" and not where.startswith(CONSOLE_MODULE):
+            wrong.append(f"{where}: a rich Text not made by styled()")
         if name == "TextColumn" and _markup(call) is not False:
             wrong.append(f"{where}: TextColumn without markup=False")
     assert not wrong, "\n".join(wrong)

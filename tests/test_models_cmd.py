@@ -272,3 +272,17 @@ def test_broken_entries_leave_models_and_commands_without_model_working(
     assert asked.stdout == RIG_TEXT + "\n"
     for broken in in_family:
         assert len([line for line in asked.stderr.splitlines() if str(broken) in line]) == 1
+
+
+def test_models_shows_the_size_of_the_file_imported_into_a_slot(
+    paths: Paths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A different file imported as huozi3:q4_0 was listed with the official file's 26.6 GB."""
+    from huozi_local.testing.crafted_gguf import write_crafted_gguf
+
+    src = write_crafted_gguf(tmp_path / "mine.gguf")
+    assert main(["import", str(src)]) == 0
+    capsys.readouterr()
+    row = by_spec(models_json(capsys, "--offline"))["huozi3:q4_0"]
+    assert row["state"] == "imported"
+    assert row["size_bytes"] == src.stat().st_size

@@ -150,9 +150,9 @@ class ChatRepl:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         if self.interactive and not self.json_mode:
-            from rich.text import Text
+            from huozi_local.commands._console import styled
 
-            name = Text(self.engine.model_name, style="bold")
+            name = styled(self.engine.model_name, "bold")
             self.console.print(name, f"· context {self.engine.n_ctx} · {HELP}")
         try:
             for line in self._lines():

@@ -196,11 +196,14 @@ def closed_after(events: Iterator[T]) -> Iterator[Iterator[T]]:
 
 
 def _progress_printer(name: str) -> Any:
+    from huozi_local.core.control_text import visible
     from huozi_local.core.progress import Progress
+
+    shown = visible(name)  # a path or general.name: its control characters escaped
 
     def show(report: Progress) -> None:
         percent = int((report.fraction or 0.0) * 100)
-        sys.stderr.write(f"\rloading {name} {percent:3d}%")
+        sys.stderr.write(f"\rloading {shown} {percent:3d}%")
         sys.stderr.flush()
 
     return show

@@ -15,12 +15,14 @@ T = TypeVar("T")
 
 def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     from huozi_local.commands._remedies import cli_wording
+    from huozi_local.core.control_text import visible
     from huozi_local.core.errors import HuoziError
 
     try:
         return handler(args)
     except HuoziError as exc:
-        print(f"huozi-local: {cli_wording(exc)}", file=sys.stderr)
+        # A message may quote a file's name or header: one line, control characters escaped.
+        print(f"huozi-local: {visible(cli_wording(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("huozi-local: interrupted", file=sys.stderr)

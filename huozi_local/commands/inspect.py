@@ -89,15 +89,14 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _print_human(r: dict[str, Any]) -> None:
     from rich.table import Table
-    from rich.text import Text
 
-    from huozi_local.commands._console import text_console
+    from huozi_local.commands._console import styled, text_console
     from huozi_local.core.units import format_bytes
 
     # Names, paths and tensor names come from the file: text_console shows them as they are.
     console = text_console()
     console.print(
-        Text(r["path"], style="bold"),
+        styled(r["path"], "bold"),
         f" ({format_bytes(r['file_size'])}, GGUF v{r['gguf_version']})",
     )
     facts = Table.grid(padding=(0, 2))

@@ -32,8 +32,10 @@ def run_models(args: argparse.Namespace) -> int:
         Paths.from_env(), offline=args.offline, endpoint=args.endpoint, machine=machine
     )
     if args.json:
-        json.dump([s.to_json() for s in states], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        text = json.dumps([s.to_json() for s in states], ensure_ascii=False, indent=2)
+        # A file name that is not UTF-8 (lone surrogates): as JSON escapes, which read back as
+        # that name, instead of an output that cannot be written at all.
+        sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
         return 0
     _print_table(states)
     return 0
@@ -52,9 +54,8 @@ _FITS_STYLE = {"fits": "green", "partial": "yellow", "no": "red"}
 
 def _print_table(states: list[Any]) -> None:
     from rich.table import Table
-    from rich.text import Text
 
-    from huozi_local.commands._console import text_console
+    from huozi_local.commands._console import styled, text_console
     from huozi_local.core.units import format_bytes
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -71,8 +72,8 @@ def _print_table(states: list[Any]) -> None:
             name,
             state.filename,
             size,
-            Text(on_disk, style=_STATE_STYLE.get(state.state, "")),
-            Text(fits, style=_FITS_STYLE.get(fits, "")),
+            styled(on_disk, _STATE_STYLE.get(state.state, "")),
+            styled(fits, _FITS_STYLE.get(fits, "")),
         )
     text_console().print(table)
     print(

@@ -103,6 +103,7 @@ def import_model(
     left behind, the user's file is where it was).
     """
     source = Path(src).expanduser()
+    _refuse_staged(source, paths)
     gguf = read_gguf(source)  # missing, not GGUF, truncated: GGUFError, one line
     gguf.check_is_model()  # no tensors or no token list: nothing to chat with, one line
     if gguf.architecture not in KNOWN_ARCHITECTURES:
@@ -158,6 +159,17 @@ def import_model(
         removed = True
     spec = _spec_for(identity, final)
     return ImportResult(final, spec, identity, method, sha, changes, removed, replacing)
+
+
+def _refuse_staged(source: Path, paths: Paths) -> None:
+    """The staging folder is the import's own: it clears a staging name before using it, and
+    that name can be the file given (it was deleted)."""
+    staging = (paths.models_dir / STAGING_DIR).resolve()
+    if source.resolve().is_relative_to(staging):
+        raise HuoziError(
+            f"{source} is in the import staging folder ({staging}), which import clears; "
+            "move it out of there, then import it"
+        )
 
 
 # -- identification --------------------------------------------------------------------------------

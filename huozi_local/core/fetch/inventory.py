@@ -107,10 +107,13 @@ def model_states(
                 else None
             )
             state, have, sha = _state_of(final, [part, ms_part])
+            # On disk, the file there is what counts (an import may be another build than the
+            # published one); until then, the published size (a partial's percentage).
+            size = entry.size_bytes if state in ("missing", "partial") else have
             states.append(
                 ModelState(
                     family=family.name, quant=entry.quant, filename=entry.filename,
-                    size_bytes=entry.size_bytes, state=state, path=final,
+                    size_bytes=size, state=state, path=final,
                     spec=f"{family.name}:{entry.quant}", repo_id=current.repo_id,
                     downloaded_bytes=have, fits=fits.get(entry.quant),
                     sha256=sha or entry.sha256, community=family.community,

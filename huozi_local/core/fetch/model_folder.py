@@ -32,6 +32,7 @@ from huozi_local.core.catalog import (
     quant_rank,
 )
 from huozi_local.core.config import Paths
+from huozi_local.core.control_text import plain_name
 from huozi_local.core.errors import HuoziError, ModelNotDownloaded
 from huozi_local.core.gguf.byte_format import GGUF_MAGIC
 
@@ -47,8 +48,10 @@ def hf_model_path(paths: Paths, repo_id: str, filename: str) -> Path:
 
 
 def imported_model_path(paths: Paths, filename: str) -> Path:
-    """Where `import` puts a GGUF that is not a known family quant (it keeps its own name)."""
-    return paths.models_dir / "imported" / filename
+    """Where `import` puts a GGUF that is not a known family quant: under its own name, made of
+    text only (bytes that are not UTF-8, a newline or an escape become `_`), so the name can be
+    written in its sidecar, shown in `models` and typed as `--model`."""
+    return paths.models_dir / "imported" / plain_name(filename)
 
 
 def imported_models(paths: Paths) -> list[Path]:
@@ -159,9 +162,17 @@ def read_sidecar(model_path: Path) -> dict[str, Any]:
 def write_sidecar(model_path: Path, data: dict[str, Any]) -> None:
     target = sidecar_path(model_path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True)
+    # A path that is not UTF-8 holds lone surrogates; written as `\udcff` they are JSON escapes
+    # that read back as the same path (strict UTF-8 failed halfway and left the .tmp behind).
+    encoded = text.encode("utf-8", "backslashreplace")
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True), "utf-8")
-    tmp.replace(target)
+    try:
+        tmp.write_bytes(encoded)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

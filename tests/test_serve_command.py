@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 from api_server import huozi_roles
+from cli_process import cli
 
 from huozi_local.testing.tiny_model import TinyModels
 
@@ -119,6 +120,17 @@ def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) ->
             process.kill()
     assert process.returncode == 0 and "Traceback" not in err
     assert "server stopped" in err
+
+
+@pytest.mark.parametrize("key", ["ключ", "", " s3cret", "tab\tkey"])
+def test_an_api_key_no_client_can_send_is_refused_at_start(huozi_home: Path, key: str) -> None:
+    """A key an HTTP header cannot carry (non-ASCII, control characters, spaces the server
+    strips) was accepted, and then every request got 401; an empty one switched the check off."""
+    done = cli(
+        "serve", "--model", "/nowhere/m.gguf", "--port", "0", "--api-key", key, home=huozi_home
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--api-key" in done.stderr, done.stderr
 
 
 def test_serve_applies_the_guard_and_cors_option(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]

@@ -45,6 +45,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run_serve)
 
 
+def check_api_key(key: str | None) -> None:
+    """Refuse a key no client can present: HTTP header values are ASCII (latin-1 at most, which
+    no client library sends as the UTF-8 bytes a terminal types), and the server strips the
+    token's surrounding spaces. Such a key was accepted and then every request got 401; an
+    empty one turned the key check off while the user believed it on."""
+    from huozi_local.core.errors import HuoziError
+
+    if key is None:
+        return
+    if not key or not (key.isascii() and key.isprintable()) or key != key.strip():
+        raise HuoziError(
+            "--api-key must be printable ASCII characters with no space at either end: "
+            "clients send it in an HTTP header, which cannot carry anything else"
+        )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from huozi_local.core.errors import HuoziError
 
@@ -59,6 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
     from huozi_local.server.serving import raw_completer
 
+    check_api_key(args.api_key)
     sock = bind_socket(args.host, args.port)  # before the slow load: a busy port fails at once
     try:
         loaded, settings = load_engine(args)

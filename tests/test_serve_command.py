@@ -133,6 +133,45 @@ def test_an_api_key_no_client_can_send_is_refused_at_start(huozi_home: Path, key
     assert done.stderr.count("\n") == 1 and "--api-key" in done.stderr, done.stderr
 
 
+def _port(serving_line: str) -> int:
+    return int(serving_line.split(" at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
+
+
+def test_host_0_binds_every_interface_and_answers_like_0_0_0_0(
+    tiny_models: TinyModels, huozi_home: Path
+) -> None:
+    """`--host 0` is the usual shorthand for 0.0.0.0 (getaddrinfo reads it so, and the bind
+    took it): a LAN client's Host header (an IP address) is answered, a DNS name is not (on
+    main the Host check read "0" as a name and refused every LAN address with 400)."""
+    import http.client
+
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    process = _serve("--model", str(model), "--host", "0", "--port", "0")
+    try:
+        assert process.stderr is not None
+        line = next(line for line in process.stderr if "serving" in line)
+        assert " at http://0.0.0.0:" in line, line
+        port = _port(line)
+
+        def status_for(host: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            connection.request("GET", "/v1/models", headers={"Host": host})
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            return response.status
+
+        assert status_for(f"192.168.1.20:{port}") == 200
+        assert status_for(f"[fe80::1]:{port}") == 200
+        assert status_for(f"attacker.example:{port}") == 400
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+
+
 def test_serve_applies_the_guard_and_cors_option(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
     """The command wires its --host and --cors into the app: a page's text/plain POST and a
     foreign Host are refused, the named origin alone gets CORS headers."""

@@ -172,6 +172,30 @@ def test_host_0_binds_every_interface_and_answers_like_0_0_0_0(
     assert process.returncode == 0
 
 
+def test_serve_refuses_seed_4294967295_rather_than_serve_random_replies(
+    tiny_models: TinyModels, huozi_home: Path
+) -> None:
+    """llama.cpp reads seed 4294967295 as "random": `serve --seed 4294967295` must stop with
+    one line, not serve replies that never repeat (on main it served)."""
+    model = tiny_models.get("merged", "q4_0", rig="chat")
+    process = _serve("--model", str(model), "--port", "0", "--seed", "4294967295")
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        for line in process.stderr:  # to the end, or to the line saying it serves
+            lines.append(line)
+            if "serving" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    said = [line for line in lines if line.startswith("huozi-local:")]
+    assert process.returncode == 2, lines
+    assert len(said) == 1 and "--seed" in said[0] and "4294967294" in said[0], lines
+
+
 def test_serve_applies_the_guard_and_cors_option(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
     """The command wires its --host and --cors into the app: a page's text/plain POST and a
     foreign Host are refused, the named origin alone gets CORS headers."""

@@ -96,10 +96,9 @@ def test_busy_port_is_one_line(tiny_models, huozi_home: Path) -> None:  # type: 
     )
 
 
-def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
-    """A reply still streaming (4000 tokens asked) ends with an error event, and the server exits
-    with status 0 instead of waiting for the reply to finish."""
-    model = tiny_models.get("merged", "q4_0", rig="loop")
+def _signal_mid_reply(model: Path, sig: signal.Signals) -> tuple[int, str]:
+    """`sig` sent to a server while a reply (4000 tokens asked) is streaming: the reply must end
+    with an error event rather than run on; the server's exit status and stderr."""
     process = _serve("--model", str(model), "--port", "0", "--ctx", "4096", "--temp", "0")
     try:
         assert process.stderr is not None
@@ -113,13 +112,31 @@ def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) ->
             for chunk in stream:
                 received += bool(chunk.choices and chunk.choices[0].delta.content)
                 if received == 3:
-                    process.send_signal(signal.SIGINT)
+                    process.send_signal(sig)
         _out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0 and "Traceback" not in err
+    return process.returncode, err
+
+
+def test_ctrl_c_mid_reply_cancels_it_and_exits(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """A reply still streaming ends with an error event, and the server exits with status 0
+    instead of waiting for the reply to finish."""
+    model = tiny_models.get("merged", "q4_0", rig="loop")
+    returncode, err = _signal_mid_reply(model, signal.SIGINT)
+    assert returncode == 0 and "Traceback" not in err
     assert "server stopped" in err
+
+
+def test_sigterm_mid_reply_stops_the_server_like_ctrl_c(tiny_models, huozi_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """`kill`, systemd and docker stop send SIGTERM: the reply is cancelled and the server says
+    it stopped and exits 0, as on Ctrl-C (on main: killed by the signal, status 143, no closing
+    line, because uvicorn re-raises SIGTERM under Python's default handler)."""
+    model = tiny_models.get("merged", "q4_0", rig="loop")
+    returncode, err = _signal_mid_reply(model, signal.SIGTERM)
+    assert returncode == 0, (returncode, err[-2000:])
+    assert "Traceback" not in err and "server stopped, model released" in err
 
 
 @pytest.mark.parametrize("key", ["ключ", "", " s3cret", "tab\tkey"])

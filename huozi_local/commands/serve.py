@@ -70,12 +70,19 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise HuoziError(EXTRA_HINT) from exc
 
+    from huozi_local.server.runner import sigterm_as_ctrl_c
+
+    check_api_key(args.api_key)
+    with sigterm_as_ctrl_c():
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from huozi_local.commands._engine_load import load_engine, sampling_from, system_prompt_from
     from huozi_local.server.app import ServedModel, create_app
     from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
     from huozi_local.server.serving import raw_completer
 
-    check_api_key(args.api_key)
     sock = bind_socket(args.host, args.port)  # before the slow load: a busy port fails at once
     try:
         loaded, settings = load_engine(args)
@@ -108,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
-            pass  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+            pass  # uvicorn re-raises the Ctrl-C (or SIGTERM) it handled, after a clean shutdown
         print("huozi-local: server stopped, model released", file=sys.stderr)
     finally:
         sock.close()

@@ -135,6 +135,15 @@ def test_host_policy_for_a_wildcard_bind_takes_ip_literals_but_not_names() -> No
     assert not named.allows("other.lan")
 
 
+def test_host_policy_reads_a_bind_address_as_the_bind_does() -> None:
+    """`--host 0` binds 0.0.0.0 (getaddrinfo), so it is the wildcard here too; Host values in
+    the numeric forms the C library takes are addresses, never a rebinding attacker's name."""
+    zero = HostPolicy("0")
+    assert zero.wildcard and zero.allows("192.168.1.20:8000") and zero.allows("0:8000")
+    assert not zero.allows("attacker.example:8000") and not zero.allows("\u00e9.example")
+    assert HostPolicy("::").wildcard and not HostPolicy("127.0.0.1").allows("192.168.1.20")
+
+
 def test_no_cors_headers_unless_asked(server: RunningServer) -> None:
     origin = {"Origin": "https://evil.example"}
     status, headers, _raw = request(server, "GET", "/models", None, origin)

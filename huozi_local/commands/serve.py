@@ -45,6 +45,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run_serve)
 
 
+def check_api_key(key: str | None) -> None:
+    """Refuse a key no client can present: HTTP header values are ASCII (latin-1 at most, which
+    no client library sends as the UTF-8 bytes a terminal types), and the server strips the
+    token's surrounding spaces. Such a key was accepted and then every request got 401; an
+    empty one turned the key check off while the user believed it on."""
+    from huozi_local.core.errors import HuoziError
+
+    if key is None:
+        return
+    if not key or not (key.isascii() and key.isprintable()) or key != key.strip():
+        raise HuoziError(
+            "--api-key must be printable ASCII characters with no space at either end: "
+            "clients send it in an HTTP header, which cannot carry anything else"
+        )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from huozi_local.core.errors import HuoziError
 
@@ -54,6 +70,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise HuoziError(EXTRA_HINT) from exc
 
+    from huozi_local.server.runner import sigterm_as_ctrl_c
+
+    check_api_key(args.api_key)
+    with sigterm_as_ctrl_c():
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from huozi_local.commands._engine_load import load_engine, sampling_from, system_prompt_from
     from huozi_local.server.app import ServedModel, create_app
     from huozi_local.server.runner import base_url, bind_socket, is_loopback, make_server
@@ -91,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
-            pass  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+            pass  # uvicorn re-raises the Ctrl-C (or SIGTERM) it handled, after a clean shutdown
         print("huozi-local: server stopped, model released", file=sys.stderr)
     finally:
         sock.close()

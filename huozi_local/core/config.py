@@ -96,6 +96,9 @@ def _shown(number: float) -> str:
 
 MIN_CONTEXT = 64
 MAX_CONTEXT = 2**32 - 1  # llama.cpp keeps n_ctx in a uint32_t: anything larger wraps around
+MAX_SEED = 2**32 - 2
+"""The largest seed that is one: llama.cpp's seed is a uint32_t whose top value
+(LLAMA_DEFAULT_SEED) means "draw a random one", so 4294967295 would silently not repeat."""
 
 AUTO: Final = "auto"
 """How config.toml (and the settings screen) say "let the planner decide"; None in Python."""
@@ -131,7 +134,7 @@ BOUNDS: dict[str, _Bounds] = {
     "prompt_cache_ram_mib": _Bounds(0, 10_000_000),
     "prompt_cache_disk_mib": _Bounds(0, 100_000_000),
     "download_connections": _Bounds(1, 64),
-    "seed": _Bounds(0, 2**32 - 1, allowed=(-1,)),
+    "seed": _Bounds(0, MAX_SEED, allowed=(-1,)),
 }
 
 

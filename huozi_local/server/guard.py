@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -47,17 +48,28 @@ class BodyTooLarge(APIError):
 
 
 class HostPolicy:
-    """Which Host header values a server bound to `bind_host` answers."""
+    """Which Host header values a server bound to `bind_host` answers.
+
+    Addresses are read as the bind reads them (getaddrinfo, numeric only): `--host 0` binds
+    every interface, as `0.0.0.0` does, so it must also be a wildcard here; read as a name it
+    bound everywhere and then refused every LAN address. A numeric form is never a rebinding
+    attacker's DNS name, so reading Host values the same way opens nothing."""
 
     def __init__(self, bind_host: str) -> None:
         self.bind_host = _bare(bind_host)
-        self.wildcard = self.bind_host in WILDCARDS
+        self.bind_address = _numeric_address(self.bind_host)
+        self.wildcard = self.bind_host in WILDCARDS or (
+            self.bind_address is not None and self.bind_address.is_unspecified
+        )
 
     def allows(self, header: str) -> bool:
         name = _bare(_strip_port(header))
         if name in LOCAL_NAMES or name == self.bind_host or name.endswith(".localhost"):
             return True
-        return self.wildcard and _is_ip(name)
+        address = _numeric_address(name)
+        if address is None:
+            return False
+        return self.wildcard or address == self.bind_address
 
 
 class RequestGuard:
@@ -153,12 +165,16 @@ def _bare(host: str) -> str:
     return host.strip().strip("[]").lower().rstrip(".")
 
 
-def _is_ip(name: str) -> bool:
+def _numeric_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`name` as an IP address if it is one in any form the C library takes ("0", "127.1"),
+    never looked up in DNS."""
+    if not name:
+        return None
     try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+        infos = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):  # a name, or bytes no address has
+        return None
+    return ipaddress.ip_address(str(infos[0][4][0]).split("%")[0])
 
 
 def _printable(text: str) -> str:

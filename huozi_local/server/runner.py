@@ -10,7 +10,11 @@ the listening socket's accept(), which uvloop would bypass.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 import uvicorn
@@ -86,6 +90,24 @@ class HuoziServer(uvicorn.Server):  # type: ignore[misc]
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._generation.cancel_all()
         super().handle_exit(sig, frame)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`kill`, systemd, docker stop) stops the server as Ctrl-C does.
+
+    uvicorn shuts down gracefully on either signal and then raises it again under the handler
+    it found: Python's default for SIGINT raises KeyboardInterrupt, which `serve` expects, but
+    the default for SIGTERM kills the process (status 143, no closing line). Under this block
+    SIGTERM raises KeyboardInterrupt too, before, during and after uvicorn's own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; elsewhere there is none to set
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_server(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huozi_local.core.chat.types import ChatMessage, SamplingOptions, normalize_role
+from huozi_local.core.config import MAX_SEED
 from huozi_local.core.errors import HuoziError
 
 MAX_CHOICES = 8
@@ -180,7 +181,12 @@ def parse_sampling(body: dict[str, Any], defaults: SamplingOptions) -> SamplingO
         max_tokens = _optional_int(body, "max_completion_tokens", 1, None)
     if max_tokens is not None:
         changes["max_tokens"] = max_tokens
+    # The range config.toml and --seed are held to: past it a seed would wrap around to another
+    # (2**32 + 5 is 5) or mean "random" (4294967295, llama.cpp's LLAMA_DEFAULT_SEED).
     seed = _optional_int(body, "seed", None, None)
+    if seed is not None and not -1 <= seed <= MAX_SEED:
+        message = f"'seed' must be -1 (random) or between 0 and {MAX_SEED}, got {_shown(seed)}"
+        raise APIError(400, message, param="seed")
     if seed is not None:
         changes["seed"] = seed
     stop = _stop_strings(body)

@@ -140,3 +140,19 @@ def test_an_invalid_settings_object_is_not_saved(huozi_home: Path) -> None:
     with pytest.raises(HuoziError, match="'top_p'"):
         Settings(top_p=float("nan")).save(path)
     assert not path.exists()
+
+
+def test_config_starting_with_a_byte_order_mark_is_read(huozi_home: Path) -> None:
+    """Before: Notepad's UTF-8 byte-order mark made the file "not valid TOML: Invalid statement
+    (at line 1, column 1)", with no hint of the invisible character; a save then dropped the
+    user's comments (tomlkit could not parse the file either)."""
+    path = Paths.from_env().config_file
+    path.parent.mkdir(parents=True)
+    path.write_bytes("\ufeff# 我的设置\ntemperature = 0.5\n".encode())
+    settings = Settings.load(path)
+    assert settings.temperature == 0.5
+    settings.top_p = 0.8
+    settings.save(path)
+    text = path.read_bytes().decode("utf-8")
+    assert text.startswith("# 我的设置\ntemperature = 0.5\n") and "top_p = 0.8" in text
+    assert Settings.load(path).top_p == 0.8

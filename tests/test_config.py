@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tomlkit
+from cli_process import cli
 
 from huozi_local.cli import main
 from huozi_local.core.config import Paths, Settings
@@ -156,3 +157,14 @@ def test_config_starting_with_a_byte_order_mark_is_read(huozi_home: Path) -> Non
     text = path.read_bytes().decode("utf-8")
     assert text.startswith("# 我的设置\ntemperature = 0.5\n") and "top_p = 0.8" in text
     assert Settings.load(path).top_p == 0.8
+
+
+def test_deeply_nested_config_is_one_line_and_exit_2_not_a_recursion_traceback(
+    huozi_home: Path,
+) -> None:
+    path = write_config("a = " + "[" * 100_000 + "]" * 100_000)
+    done = cli("ask", "hi", home=huozi_home)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"huozi-local: config {path} is nested too deeply to read: " + (
+        "settings are plain values\n"
+    )

@@ -191,6 +191,10 @@ class Settings:
             data = tomllib.loads(raw.decode(CONFIG_ENCODING))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise HuoziError(f"config {path} is not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib parses nested arrays and tables by recursion
+            raise HuoziError(
+                f"config {path} is nested too deeply to read: settings are plain values"
+            ) from None
         known = _setting_fields()
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -297,5 +301,5 @@ def _existing_document(path: Path) -> Any:
 
     try:
         return tomlkit.parse(path.read_text(encoding=CONFIG_ENCODING))
-    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+    except (OSError, UnicodeDecodeError, RecursionError, tomlkit.exceptions.TOMLKitError):
         return tomlkit.document()

@@ -163,3 +163,23 @@ def test_chat_plain_output_one_reply_per_line(chat_model: Path, huozi_home: Path
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [RIG_TEXT, RIG_TEXT]
+
+
+@pytest.mark.parametrize("on_stdin", [False, True])
+def test_deeply_nested_messages_json_is_one_line_naming_it_not_a_recursion_traceback(
+    on_stdin: bool, chat_model: Path, huozi_home: Path, tmp_path: Path
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "deep.json"
+    path.write_text(deep, encoding="utf-8")
+    source = "-" if on_stdin else str(path)
+    done = cli(
+        "ask", "--messages", source, "--model", str(chat_model),
+        stdin=deep if on_stdin else "", home=huozi_home,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    where = "stdin" if on_stdin else str(path)
+    assert done.stderr == (
+        f"huozi-local: {where} is nested too deeply to be a conversation: it must hold a JSON "
+        "list of {role, content} objects\n"
+    )

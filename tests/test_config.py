@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tomlkit
+from cli_process import cli
 
 from huozi_local.cli import main
 from huozi_local.core.config import Paths, Settings
@@ -140,3 +141,30 @@ def test_an_invalid_settings_object_is_not_saved(huozi_home: Path) -> None:
     with pytest.raises(HuoziError, match="'top_p'"):
         Settings(top_p=float("nan")).save(path)
     assert not path.exists()
+
+
+def test_config_starting_with_a_byte_order_mark_is_read(huozi_home: Path) -> None:
+    """Before: Notepad's UTF-8 byte-order mark made the file "not valid TOML: Invalid statement
+    (at line 1, column 1)", with no hint of the invisible character; a save then dropped the
+    user's comments (tomlkit could not parse the file either)."""
+    path = Paths.from_env().config_file
+    path.parent.mkdir(parents=True)
+    path.write_bytes("\ufeff# 我的设置\ntemperature = 0.5\n".encode())
+    settings = Settings.load(path)
+    assert settings.temperature == 0.5
+    settings.top_p = 0.8
+    settings.save(path)
+    text = path.read_bytes().decode("utf-8")
+    assert text.startswith("# 我的设置\ntemperature = 0.5\n") and "top_p = 0.8" in text
+    assert Settings.load(path).top_p == 0.8
+
+
+def test_deeply_nested_config_is_one_line_and_exit_2_not_a_recursion_traceback(
+    huozi_home: Path,
+) -> None:
+    path = write_config("a = " + "[" * 100_000 + "]" * 100_000)
+    done = cli("ask", "hi", home=huozi_home)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"huozi-local: config {path} is nested too deeply to read: " + (
+        "settings are plain values\n"
+    )

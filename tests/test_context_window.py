@@ -144,3 +144,27 @@ def test_3000_message_conversation_with_the_real_engine_is_linear_work(
     assert fitted.dropped_messages > 0
     assert fitted.tokens == engine.prompt_tokens(fitted.messages)
     assert counting.messages_tokenized < 3 * len(messages)
+
+
+def test_a_system_prompt_too_long_for_the_context_is_named_not_the_last_message(
+    engine: LlamaEngine,
+) -> None:
+    """Before: a 20,000-token system prompt with the question "你好" was "the last message is
+    too long for the context window"."""
+    long_system = ChatMessage("system", "你是一个智能助手，" * 400)
+    with pytest.raises(HuoziError) as caught:
+        fit_to_context([long_system, ChatMessage("user", "你好")], engine.prompt_tokens, 512, 64)
+    message = str(caught.value)
+    assert message.startswith("the system prompt is too long for the context window (")
+    assert "last message" not in message
+
+
+def test_a_last_message_too_long_beside_a_short_system_prompt_is_still_the_last_message(
+    engine: LlamaEngine,
+) -> None:
+    system = ChatMessage("system", "你是一个智能助手")
+    messages = [system, ChatMessage("user", "哈尔滨冬天有多冷？" * 200)]
+    with pytest.raises(HuoziError) as caught:
+        fit_to_context(messages, engine.prompt_tokens, 512, 64)
+    assert str(caught.value).startswith("the last message is too long for the context window (")
+    assert f"{len(engine.prompt_tokens([system]))} of them the system prompt" in str(caught.value)

@@ -16,12 +16,14 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from cli_process import cli
 
 from huozi_local.testing.rpc_worker import RpcWorker
 from huozi_local.testing.tiny_model import RIG_TEXT, TinyModels
 
 MiB = 1024**2
+HANG_GUARD_S = 120  # far above a refusal: only a worker that started serving reaches it
 
 
 def test_plan_counts_the_workers_device_as_a_gpu(tiny_models: TinyModels, huozi_home: Path) -> None:
@@ -137,3 +139,29 @@ def test_doctor_says_the_build_serves_and_uses_workers(huozi_home: Path) -> None
     assert json.loads(done.stdout)["machine"]["build"]["supports_rpc"] is True
     text = cli("doctor", home=huozi_home)
     assert "RPC yes (huozi-local worker, --rpc HOST:PORT)" in text.stdout
+
+
+@pytest.mark.parametrize("threads", ["513", "100000000"])
+def test_worker_refuses_more_threads_than_ggml_can_run_in_one_line(
+    threads: str, huozi_home: Path
+) -> None:
+    """Before: `worker --threads 100000000` was accepted, served, and died with std::bad_alloc
+    (abort, core dump) when the first client computed a graph."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "huozi_local", "worker", "--port", port, "--threads", threads],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HUOZI_HOME": str(huozi_home)},
+            timeout=HANG_GUARD_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker started serving with --threads {threads}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"huozi-local: --threads must be between 1 and 512 (ggml's most), not {threads}\n"
+    )

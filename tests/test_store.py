@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from huozi_local.core.config import Paths
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.core.store.migrations import MIGRATIONS
@@ -226,3 +228,64 @@ def test_database_without_its_tables_is_moved_aside_like_a_corrupt_one(
     fresh.add_message(c.id, "user", "新的开始")
     assert len(fresh.list_conversations()) == 1
     fresh.close()
+
+
+HANG_GUARD_S = 120  # far above the app's start: only an app that opened reaches it
+
+
+def written_by_a_newer_release(path: Path) -> None:
+    """A database as a later release leaves it: one more migration recorded, and a table rebuilt
+    with a column this release does not fill (inserting without it breaks NOT NULL)."""
+    ConversationStore.open(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        PRAGMA foreign_keys = OFF;
+        BEGIN;
+        CREATE TABLE conversations_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '', workspace TEXT NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL
+        );
+        DROP TABLE conversations;
+        ALTER TABLE conversations_new RENAME TO conversations;
+        INSERT INTO _migrations (name, applied_at) VALUES ('m004_workspaces', julianday('now'));
+        COMMIT;
+        """
+    )
+    db.close()
+
+
+def test_database_from_a_newer_release_is_one_line_and_left_untouched(tmp_path: Path) -> None:
+    """Before: it opened, then the first new conversation raised a raw sqlite3.IntegrityError
+    (NOT NULL constraint failed: conversations.workspace)."""
+    path = tmp_path / "huozi.sqlite3"
+    written_by_a_newer_release(path)
+    before = path.read_bytes()
+    with pytest.raises(HuoziError) as caught:
+        ConversationStore.open(path).create_conversation("你好")
+    message = str(caught.value)
+    assert str(path) in message and "newer huozi-local" in message and "m004_workspaces" in message
+    assert "\n" not in message
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huozi.sqlite3"]
+
+
+def test_app_on_a_database_from_a_newer_release_exits_2_with_one_line(huozi_home: Path) -> None:
+    path = Paths.from_env().database_file
+    path.parent.mkdir(parents=True)
+    written_by_a_newer_release(path)
+    try:  # before, the app opened on it (and failed later, at the first new conversation)
+        done = subprocess.run(
+            [sys.executable, "-m", "huozi_local", "tui"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HUOZI_HOME": str(huozi_home)},
+            timeout=HANG_GUARD_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the app opened on a database it cannot write")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"huozi-local: the conversation database {path}")

@@ -59,6 +59,11 @@ def parse_messages(text: str, where: str) -> list[Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise HuoziError(f"{where} is not valid JSON: {exc}") from exc
+    except RecursionError:  # the json module decodes nested arrays and objects by recursion
+        raise HuoziError(
+            f"{where} is nested too deeply to be a conversation: it must hold a JSON list of "
+            "{role, content} objects"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
         data = data["messages"]
     if not isinstance(data, list):

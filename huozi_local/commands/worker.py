@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50052, help="port (default 50052)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default: physical cores; at most 512)"
+    )
     parser.add_argument(
         "--cache",
         metavar="DIR",
@@ -62,13 +64,21 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from huozi_local.core.devices import ggml
     from huozi_local.core.devices.endpoints import Endpoint, is_loopback_host
+    from huozi_local.core.devices.threadpool import GGML_MAX_N_THREADS
     from huozi_local.core.devices.worker_front import WorkerFront
     from huozi_local.core.errors import HuoziError
 
     if not 0 < args.port < 65536:
         raise HuoziError(f"--port must be between 1 and 65535, not {args.port}")
-    if args.threads is not None and args.threads < 1:
-        raise HuoziError(f"--threads must be at least 1, not {args.threads}")
+    # llama.cpp takes the count unchecked: 100000000 threads served until the first client's
+    # graph, then aborted with std::bad_alloc. ggml's own ceiling (GGML_MAX_N_THREADS, the size
+    # of its CPU masks) is the bound, not this machine's cores: a worker may be told to use more
+    # threads than cores on purpose, and ggml cannot pin more than 512 anyway.
+    if args.threads is not None and not 1 <= args.threads <= GGML_MAX_N_THREADS:
+        most = GGML_MAX_N_THREADS
+        raise HuoziError(
+            f"--threads must be between 1 and {most} (ggml's most), not {args.threads}"
+        )
     if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
         raise HuoziError(f"--idle-timeout must be 0 or more seconds, not {args.idle_timeout}")
     endpoint = Endpoint(args.host, args.port)

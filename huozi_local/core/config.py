@@ -26,6 +26,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 APP_NAME = "huozi-local"
+CONFIG_ENCODING = "utf-8-sig"
+"""UTF-8, with or without a byte-order mark: Windows Notepad (before 2019) and some editors put
+one at the start of every "UTF-8" file, where TOML parsers read it as a stray character
+("Invalid statement at line 1, column 1") and the user cannot see what is wrong. The mark can mean
+nothing else there, so it is read past rather than refused; saving writes plain UTF-8."""
 HOME_ENV = "HUOZI_HOME"
 MODELS_ENV = "HUOZI_MODELS_DIR"
 
@@ -186,9 +191,13 @@ class Settings:
         except OSError as exc:
             raise HuoziError(f"cannot read config {path}: {exc.strerror}") from exc
         try:
-            data = tomllib.loads(raw.decode("utf-8"))
+            data = tomllib.loads(raw.decode(CONFIG_ENCODING))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise HuoziError(f"config {path} is not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib parses nested arrays and tables by recursion
+            raise HuoziError(
+                f"config {path} is nested too deeply to read: settings are plain values"
+            ) from None
         known = _setting_fields()
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -294,6 +303,6 @@ def _existing_document(path: Path) -> Any:
     import tomlkit
 
     try:
-        return tomlkit.parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        return tomlkit.parse(path.read_text(encoding=CONFIG_ENCODING))
+    except (OSError, UnicodeDecodeError, RecursionError, tomlkit.exceptions.TOMLKitError):
         return tomlkit.document()

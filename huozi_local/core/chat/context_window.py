@@ -85,13 +85,36 @@ def fit_to_context(
             found = _search_first_fitting(0, kept_from - 2, prompt_from, budget)
             kept_from, tokens = found or (kept_from - 1, one_more)
     if len(tokens) + MIN_REPLY_TOKENS > n_ctx:
-        raise ContextTooSmall(
-            f"the last message is too long for the context window ({len(tokens)} prompt tokens, "
-            f"context {n_ctx})"
-        )
+        raise _too_long(head, tokens_of, len(tokens), n_ctx)
     kept = [*head, *[m for turn in turns[kept_from:] for m in turn]]
     dropped = sum(len(turn) for turn in turns[:kept_from])
     return FittedPrompt(kept, tokens, dropped)
+
+
+def _too_long(
+    head: list[ChatMessage],
+    tokens_of: Callable[[list[ChatMessage]], list[int]],
+    prompt_tokens: int,
+    n_ctx: int,
+) -> ContextTooSmall:
+    """Name what does not fit: the system prompt is never dropped, so when it alone leaves no
+    room for a reply, calling the (perhaps one-word) question "the last message" sent people
+    shortening the wrong text."""
+    if not head:
+        return ContextTooSmall(
+            f"the last message is too long for the context window ({prompt_tokens} prompt "
+            f"tokens, context {n_ctx})"
+        )
+    system = len(tokens_of(head))
+    if system + MIN_REPLY_TOKENS > n_ctx:
+        return ContextTooSmall(
+            f"the system prompt is too long for the context window ({system} tokens, "
+            f"context {n_ctx})"
+        )
+    return ContextTooSmall(
+        f"the last message is too long for the context window ({prompt_tokens} prompt tokens, "
+        f"{system} of them the system prompt, context {n_ctx})"
+    )
 
 
 def _first_turn_that_fits(

@@ -20,7 +20,7 @@ from typing import Any
 
 from huozi_local.core.chat.types import ChatMessage, Role, normalize_role
 from huozi_local.core.errors import HuoziError
-from huozi_local.core.store.migrations import apply_migrations
+from huozi_local.core.store.migrations import apply_migrations, refuse_newer_schema
 
 BUSY_TIMEOUT_S = 5.0
 BUSY_ATTEMPTS = 2
@@ -339,6 +339,7 @@ def _connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Conn
         path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
     )
     try:
+        refuse_newer_schema(db, path)  # before any PRAGMA or migration writes to it
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
+
+from huozi_local.core.errors import HuoziError
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -50,6 +53,34 @@ def m003_recent_index(db: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (m001_conversations, m002_message_meta, m003_recent_index)
+
+
+class NewerDatabase(HuoziError):
+    """The database records schema steps this release does not have."""
+
+
+def refuse_newer_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Raise NewerDatabase when a newer release wrote `db`.
+
+    Steps are only ever appended, so a name this release does not know means a schema it cannot
+    write safely (a column it does not fill, a table rebuilt): opening it anyway failed later,
+    at the first write, with a raw IntegrityError. This only reads, so the file stays as it is
+    for the newer release.
+    """
+    listed = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+    ).fetchone()
+    if listed is None:
+        return
+    known = {migration.__name__ for migration in MIGRATIONS}
+    names = [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+    newer = [name for name in names if name not in known]
+    if newer:
+        raise NewerDatabase(
+            f"the conversation database {path} was written by a newer huozi-local (its schema "
+            f"steps {', '.join(newer)} are unknown to this one); it was left as it is: upgrade "
+            "huozi-local to open it"
+        )
 
 
 def apply_migrations(db: sqlite3.Connection) -> list[str]:

@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from disks import mounted_tmpfs
 from hub_server import running_hub
 
 from huozi_local.cli import main
@@ -333,18 +334,9 @@ def test_ctrl_c_after_the_move_was_done_says_so(paths: Paths, tmp_path: Path) ->
 
 @pytest.fixture
 def other_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real second file system (a USB stick), when this test may mount one."""
-    mount_point = tmp_path / "usb"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    """A real second file system (a USB stick)."""
+    with mounted_tmpfs(tmp_path / "usb", "64m") as mount_point:
+        yield mount_point
 
 
 @pytest.mark.may_skip

@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from disks import mounted_tmpfs
 
 from huozi_local.cli import main
 from huozi_local.core import disk
@@ -127,19 +131,10 @@ def test_not_enough_free_disk_is_refused_before_writing(
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> object:
-    """A real 8 MB filesystem, when this test may mount one (root in a container usually can)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MB filesystem."""
+    with mounted_tmpfs(tmp_path / "small-disk", "8m") as mount_point:
+        yield mount_point
 
 
 @pytest.mark.may_skip

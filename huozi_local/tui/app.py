@@ -15,6 +15,7 @@ from typing import ClassVar
 from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from huozi_local.core.chat.types import ChatBackend
@@ -46,6 +47,7 @@ from huozi_local.tui.screens.loading import LoadingScreen
 from huozi_local.tui.screens.settings import SettingsScreen
 from huozi_local.tui.screens.setup import SetupScreen
 from huozi_local.tui.session import ChatSession, ModelInfo
+from huozi_local.tui.widgets.plain import lines
 
 CSS_PATH = Path(__file__).with_name("app.tcss")
 
@@ -90,9 +92,25 @@ class HuoziApp(App[None]):
         self._owns_backend = False
         """Only a backend this app loaded is closed by it; an injected one belongs to the caller."""
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification, a screen's or a widget's too, comes here: what it says often
+        quotes an error, a path or a server's answer, so it is never read as markup and its
+        control characters are escaped (`widgets.plain`). `markup` is there for the signature."""
+        super().notify(
+            lines(message), title=lines(title), severity=severity, timeout=timeout, markup=False
+        )
+
     def on_mount(self) -> None:
         if self.store.notice:
-            self.notify(self.store.notice, severity="warning", timeout=15, markup=False)
+            self.notify(self.store.notice, severity="warning", timeout=15)
         if self.backend is not None:
             info = self.model_info or ModelInfo(self.backend.model_name, n_ctx=self.backend.n_ctx)
             self.open_chat(self.backend, info, owned=False)
@@ -150,7 +168,7 @@ class HuoziApp(App[None]):
         try:
             self.settings.save(self.paths.config_file)
         except (OSError, HuoziError) as exc:
-            self.notify(f"settings not saved: {exc}", severity="error", markup=False)
+            self.notify(f"settings not saved: {exc}", severity="error")
 
     # -- what the screens ask for ------------------------------------------------------------
 
@@ -201,7 +219,7 @@ class HuoziApp(App[None]):
         try:
             planned = plan_saved_model(self.settings, self.overrides, self.paths, machine)
         except HuoziError as exc:
-            self.notify(app_wording(exc), severity="error", markup=False)
+            self.notify(app_wording(exc), severity="error")
             self.open_setup()
             return
         if not self.planned.same_load(planned):

@@ -22,8 +22,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Label
+from textual.widgets import Button
 from textual.worker import Worker, WorkerState
+
+from huozi_local.tui.widgets.plain import Label
 
 LOG_MAX_BYTES = 1_000_000
 LOG_BACKUPS = 3
@@ -103,14 +105,14 @@ class WorkerFailed(ModalScreen[FailureChoice]):
     def compose(self) -> ComposeResult:
         with Vertical():
             title = f"出错了 Something went wrong: {self.where}"  # names a model file
-            yield Label(title, id="failed-title", markup=False)
-            yield Label(self.message, id="failed-message", markup=False)
+            yield Label(title, id="failed-title")
+            yield Label(self.message, id="failed-message")
             details = (
                 f"详情 Details: {self.log_path}"
                 if self.log_path is not None
                 else "The details could not be written to a log file."
             )
-            yield Label(details, id="failed-log", classes="muted", markup=False)
+            yield Label(details, id="failed-log", classes="muted")
             with Horizontal():
                 yield Button("重试 Retry", variant="primary", id="retry")
                 yield Button("返回 Back", id="back")

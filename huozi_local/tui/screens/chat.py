@@ -39,6 +39,7 @@ from huozi_local.tui.session import ChatSession
 from huozi_local.tui.widgets.chat_input import ChatInput
 from huozi_local.tui.widgets.conversation_list import ConversationList
 from huozi_local.tui.widgets.message_view import MessageView
+from huozi_local.tui.widgets.plain import lines
 from huozi_local.tui.widgets.status_bar import StatusBar
 
 
@@ -139,7 +140,7 @@ class ChatScreen(RecoveringScreen):
                 self.session.add_user_message(text)
             except HuoziError as exc:  # locked or read-only database: keep what was typed
                 event.chat_input.insert(text)
-                self.notify(str(exc), severity="error", timeout=10, markup=False)
+                self.notify(str(exc), severity="error", timeout=10)
                 return
             self.begin_reply()  # the model reads the prompt while the screen shows the message
             await self.message_log.mount(MessageView("user", text))
@@ -230,7 +231,7 @@ class ChatScreen(RecoveringScreen):
             await self._live.write(text)
 
     def on_reply_notice(self, message: ReplyNotice) -> None:
-        self.notify(message.text, severity="warning", timeout=6, markup=False)
+        self.notify(message.text, severity="warning", timeout=6)
 
     async def on_reply_ended(self, message: ReplyEnded) -> None:
         await self._reply_shown.wait()
@@ -247,11 +248,11 @@ class ChatScreen(RecoveringScreen):
             else:
                 await live.remove()
         if message.error:
-            self.notify(message.error, severity="error", timeout=8, markup=False)
+            self.notify(message.error, severity="error", timeout=8)
         if self.session.save_error and not self._told_save_error:
             self._told_save_error = True  # once: a locked database fails every reply alike
             note = f"replies are shown but not saved: {self.session.save_error}"
-            self.notify(note, severity="error", timeout=15, markup=False)
+            self.notify(note, severity="error", timeout=15)
         elif result is not None and result.stop_reason == "length":
             self.notify("The reply reached the max tokens setting", timeout=4)
         self.refresh_status()
@@ -286,7 +287,7 @@ class ChatScreen(RecoveringScreen):
             self.notify("There is no message of yours to edit yet", severity="warning")
             return
         prompt = self.query_one(ChatInput)
-        prompt.load_text(text)
+        prompt.load_text(lines(text))
         prompt.focus()
         self.editing = True
         self.notify("Editing your last message: Enter resends it", timeout=3)
@@ -356,10 +357,10 @@ class ChatScreen(RecoveringScreen):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         except OSError as exc:
-            self.notify(f"cannot write {target}: {exc.strerror}", severity="error", markup=False)
+            self.notify(f"cannot write {target}: {exc.strerror}", severity="error")
             return
         # A path is the person's text, not markup: "[b]" in a folder name stays literal.
-        self.notify(f"Exported to {target}", timeout=6, markup=False)
+        self.notify(f"Exported to {target}", timeout=6)
 
     def action_settings(self) -> None:
         if not self.replying:

@@ -9,7 +9,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input
+
+from huozi_local.core.control_text import visible
+from huozi_local.tui.widgets.plain import Label
 
 DIALOG_CSS = """
 TextPrompt, Confirm { align: center middle; }
@@ -34,8 +37,8 @@ class TextPrompt(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, markup=False)
-            yield Input(self.value, id="answer")
+            yield Label(self.question)
+            yield Input(visible(self.value), id="answer")
             with Horizontal():
                 yield Button("OK", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
@@ -63,7 +66,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, markup=False)
+            yield Label(self.question)
             with Horizontal():
                 yield Button("Yes", variant="error", id="yes")
                 yield Button("No", id="no")

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Center, Middle
 from textual.message import Message
-from textual.widgets import Label, ProgressBar
+from textual.widgets import ProgressBar
 
 from huozi_local.core.errors import Cancelled, HuoziError
 from huozi_local.core.loading.load import PlannedLoad
@@ -25,6 +25,7 @@ from huozi_local.tui.failures import RecoveringScreen, Recovery
 from huozi_local.tui.messages import BackendLoaded, SetupRequested
 from huozi_local.tui.model_choice import BackendLoader, LoadedBackend
 from huozi_local.tui.remedies import app_wording
+from huozi_local.tui.widgets.plain import Label
 
 
 class LoadProgress(Message):
@@ -58,11 +59,11 @@ class LoadingScreen(RecoveringScreen):
         with Middle():
             with Center():
                 title = f"正在加载模型 Loading {self.planned.label}"
-                yield Label(title, id="loading-title", markup=False)
+                yield Label(title, id="loading-title")
             with Center():
                 yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
             with Center():
-                yield Label("", id="load-detail", markup=False)
+                yield Label("", id="load-detail")
 
     def on_mount(self) -> None:
         self.start_load()

@@ -10,21 +10,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Select, TextArea
 
 from huozi_local.core.config import AUTO, Paths, Settings, check_setting
+from huozi_local.core.control_text import visible
 from huozi_local.core.errors import HuoziError
 from huozi_local.core.loading.inputs import LoadOverrides, overrides_after_edit
 from huozi_local.core.planning.hardware import Machine
 from huozi_local.tui.session import ModelInfo
 from huozi_local.tui.setup_plan import memory_estimate_text
+from huozi_local.tui.widgets.plain import Label, Static, lines, one_line
 
 NUMBER_FIELDS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("temperature", "温度 Temperature", float),
@@ -96,14 +96,14 @@ class SettingsScreen(ModalScreen[Settings | None]):
         specs = [f"{m.family}:{m.quant}" for m in installed_models(self.paths)]
         if self.settings.model and self.settings.model not in specs:
             specs.insert(0, self.settings.model)  # a path or hf: spec, which may hold `[b]`
-        models = [(Text(spec), spec) for spec in specs]  # Text: shown as it is, never markup
+        models = [(one_line(spec), spec) for spec in specs]
         with VerticalScroll():
             yield Label("设置 Settings", classes="section-title")
             yield Label("系统提示 System prompt")
-            yield TextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
+            yield TextArea(lines(self.settings.system_prompt), id="system_prompt", soft_wrap=True)
             for name, title, _kind in NUMBER_FIELDS:
-                yield Label(title, markup=False)
-                yield Input(_shown(name, getattr(self.settings, name)), id=name)
+                yield Label(title)
+                yield Input(visible(_shown(name, getattr(self.settings, name))), id=name)
             yield Checkbox(
                 "保存离开的对话的 KV 缓存 Keep the KV cache of conversations left (prompt cache)",
                 self.settings.prompt_cache,
@@ -124,7 +124,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 id="download_source",
             )
             yield Label("镜像 Mirror (for the mirror source; empty: https://hf-mirror.com)")
-            yield Input(self.settings.mirror_endpoint, id="mirror_endpoint")
+            yield Input(visible(self.settings.mirror_endpoint), id="mirror_endpoint")
             yield Static("", id="estimate", classes="muted")
             with Horizontal():
                 yield Button("Save", variant="primary", id="save")
@@ -142,14 +142,14 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 numbers[name] = _parsed(name, kind, raw)
             except ValueError:
                 message = f"{title}: '{raw}' is not a number"
-                self.query_one("#estimate", Static).update(Content(message))
+                self.query_one("#estimate", Static).update(message)
                 return None
         model = self.query_one("#model", Select).value
         source = self.query_one("#download_source", Select).value
         mirror = self.query_one("#mirror_endpoint", Input).value.strip().rstrip("/")
         if mirror and not mirror.startswith(("http://", "https://")):
             message = f"Mirror: '{mirror}' must start with https:// (or http://)"
-            self.query_one("#estimate", Static).update(Content(message))
+            self.query_one("#estimate", Static).update(message)
             return None
         changed = replace(
             self.settings,
@@ -164,7 +164,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 setattr(changed, name, check_setting(name, value))
             return changed.validate()  # the same ranges config.toml is held to
         except HuoziError as exc:
-            self.query_one("#estimate", Static).update(Content(str(exc)))
+            self.query_one("#estimate", Static).update(str(exc))
             return None
 
     @on(Input.Changed)
@@ -174,7 +174,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         if changed is not None:
             overrides = overrides_after_edit(self.overrides, self.settings, changed)
             estimate = memory_estimate_text(changed, self.paths, self.machine, overrides)
-            self.query_one("#estimate", Static).update(Content(estimate))
+            self.query_one("#estimate", Static).update(estimate)
 
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:

@@ -26,11 +26,9 @@ from textual.widgets import (
     Button,
     Footer,
     Input,
-    Label,
     OptionList,
     ProgressBar,
     RadioSet,
-    Static,
 )
 from textual.widgets.option_list import Option
 
@@ -54,6 +52,7 @@ from huozi_local.tui.screens.setup_messages import (
 )
 from huozi_local.tui.setup_plan import SetupOption, SetupReport, build_setup_report
 from huozi_local.tui.widgets.failure_panel import FailurePanel
+from huozi_local.tui.widgets.plain import Label, Static, one_line
 from huozi_local.tui.widgets.source_picker import SourcePicker
 
 STAGE_LABELS: dict[Stage, str] = {
@@ -130,24 +129,27 @@ class SetupScreen(RecoveringScreen):
             )
             yield Label("本机 This machine", classes="section-title")
             for line in report.hardware_lines:
-                yield Label(line, markup=False)
+                yield Label(line)
             yield Label("推荐 Recommended", classes="section-title")
-            yield Static(report.recommendation, id="recommendation", markup=False)
+            yield Static(report.recommendation, id="recommendation")
             yield Label("选择 Choose a quant (↑/↓, Enter)", classes="section-title")
             yield OptionList(
-                *[Option(o.line, id=o.quant, disabled=not o.usable) for o in report.options],
+                *[
+                    Option(one_line(o.line), id=o.quant, disabled=not o.usable)
+                    for o in report.options
+                ],
                 id="quants",
                 markup=False,
             )
-            yield Static(report.disk_line, id="disk", markup=False)
+            yield Static(report.disk_line, id="disk")
             yield Label("下载来源 Download from", classes="section-title")
             yield SourcePicker(self.sources, _saved_kind(self.settings.download_source))
             with Horizontal(id="setup-buttons"):
                 yield Button("下载并开始 Download & start", variant="primary", id="start")
                 yield Button("取消 Cancel", id="cancel", disabled=True)
-            yield Label("", id="stage", markup=False)
+            yield Label("", id="stage")
             yield ProgressBar(total=None, show_eta=False, id="download-progress")
-            yield Label("", id="detail", classes="muted", markup=False)
+            yield Label("", id="detail", classes="muted")
             yield FailurePanel(FAILURE_ACTIONS, id="failure")
             yield Label("已有模型文件 Already have the .gguf file?", classes="section-title")
             with Horizontal(id="import-row"):
@@ -332,7 +334,7 @@ class SetupScreen(RecoveringScreen):
                 if self.last_work == "download"
                 else "已取消 Cancelled"
             )
-            self.notify(message.error, severity="warning", timeout=10, markup=False)
+            self.notify(message.error, severity="warning", timeout=10)
             return
         self._show_failure(message.error)
 

@@ -6,14 +6,15 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, Label, ListItem, ListView
+from textual.widgets import Input, ListItem, ListView
 
 from huozi_local.core.store.conversations import Conversation
+from huozi_local.tui.widgets.plain import Label
 
 
 class ConversationItem(ListItem):
     def __init__(self, conversation: Conversation) -> None:
-        super().__init__(Label(conversation.title or "新对话 New chat", markup=False))
+        super().__init__(Label(conversation.title or "新对话 New chat"))
         self.conversation = conversation
 
 

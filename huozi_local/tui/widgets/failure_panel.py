@@ -14,8 +14,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Label
+from textual.widgets import Button
 from textual.widgets.button import ButtonVariant
+
+from huozi_local.tui.widgets.plain import Label, one_line
 
 
 class FailurePanel(Vertical):
@@ -42,12 +44,12 @@ class FailurePanel(Vertical):
         self.reason = ""
 
     def compose(self) -> ComposeResult:
-        yield Label("", id="failure-reason", markup=False)
-        yield Label("", id="failure-next", markup=False)
+        yield Label("", id="failure-reason")
+        yield Label("", id="failure-next")
         with Horizontal():
             for index, (action, label) in enumerate(self.actions):
                 variant: ButtonVariant = "primary" if index == 0 else "default"
-                yield Button(label, id=f"failure-{action}", variant=variant)
+                yield Button(one_line(label), id=f"failure-{action}", variant=variant)
 
     def show(self, reason: str, next_steps: str) -> None:
         self.reason = reason

@@ -7,8 +7,10 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import Label, Markdown
+from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownStream
+
+from huozi_local.tui.widgets.plain import Label, lines
 
 ROLE_LABELS = {"user": "你 You", "assistant": "活字 Huozi", "system": "系统 System"}
 
@@ -35,9 +37,11 @@ class MessageView(Vertical, can_focus=True):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role", markup=False)
-        yield Markdown(self.text)  # Markdown never reads rich markup: `[b]` stays as typed
-        yield Label(self.note, classes="note", markup=False)
+        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
+        # Markdown never reads rich markup (`[b]` stays as typed); control characters are
+        # escaped here, the text itself (what `y` copies) kept as it came.
+        yield Markdown(lines(self.text))
+        yield Label(self.note, classes="note")
 
     def on_mount(self) -> None:
         self.query_one(".note", Label).display = bool(self.note)
@@ -59,7 +63,7 @@ class MessageView(Vertical, can_focus=True):
             self.start_stream()
         assert self._stream is not None
         self.text += fragment
-        await self._stream.write(fragment)
+        await self._stream.write(lines(fragment))
 
     async def finish(self, text: str, note: str = "") -> None:
         """Stop streaming and render the whole reply once (fixes any partial Markdown)."""
@@ -67,7 +71,7 @@ class MessageView(Vertical, can_focus=True):
             await self._stream.stop()
             self._stream = None
         self.text = text
-        await self.markdown.update(text)
+        await self.markdown.update(lines(text))
         self.set_note(note)
 
     def set_note(self, note: str) -> None:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.content import Content
 from textual.widgets import RadioButton, RadioSet
 
 from huozi_local.core.fetch.sources import DownloadSource, ProbeResult, SourceKind
+from huozi_local.tui.widgets.plain import one_line
 
 CHECKING = "checking… 检测中"
 
@@ -38,23 +38,23 @@ class SourcePicker(Vertical):
         with RadioSet(id="source-set"):
             for source in self.sources:
                 yield RadioButton(
-                    self._label(source, None),
+                    one_line(self._label(source, None)),
                     value=source.kind is self.saved,
                     id=_id(source.kind),
                 )
 
     @staticmethod
-    def _label(source: DownloadSource, result: ProbeResult | None) -> Content:
-        # Content, not markup: a summary quotes the server's answer and the mirror's address.
+    def _label(source: DownloadSource, result: ProbeResult | None) -> str:
+        # Shown through one_line: a summary quotes the server's answer and the mirror's address.
         state = CHECKING if result is None else result.summary
-        return Content(f"{source.label}: {state}")
+        return f"{source.label}: {state}"
 
     def _button(self, kind: SourceKind) -> RadioButton:
         return self.query_one(f"#{_id(kind)}", RadioButton)
 
     def show_result(self, result: ProbeResult) -> None:
         self.results[result.source.kind] = result
-        self._button(result.source.kind).label = self._label(result.source, result)
+        self._button(result.source.kind).label = one_line(self._label(result.source, result))
 
     def preselect(self) -> DownloadSource | None:
         """After the probes: keep a person's choice, else the saved one if usable, else the

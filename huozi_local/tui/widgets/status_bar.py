@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from textual.content import Content
-from textual.widgets import Static
-
 from huozi_local.tui.session import ModelInfo, ReplyStats
+from huozi_local.tui.widgets.plain import Static, one_line
 
 
 def status_text(model: ModelInfo, stats: ReplyStats, state: str = "") -> str:
@@ -30,6 +28,6 @@ class StatusBar(Static):
     """
 
     def show(self, model: ModelInfo, stats: ReplyStats, state: str = "") -> None:
-        # Content, not markup: the label is a file's name or a server's model id (`[/INST]`
-        # in one made the app crash at start).
-        self.update(Content(status_text(model, stats, state)))
+        # One line, never markup: the label is a file's name or a server's model id (`[/INST]`
+        # in one made the app crash at start, an ESC in one reached the terminal).
+        self.update(one_line(status_text(model, stats, state)))

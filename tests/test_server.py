@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -278,6 +280,38 @@ def test_client_disconnect_cancels_generation(loop_server: RunningServer) -> Non
         if received >= 3:
             break
     stream.close()
+    assert backend.finished.acquire(timeout=120)
+    result = backend.results[-1]
+    assert result.stop_reason == "cancelled"
+    assert result.completion_tokens < 900
+
+
+def test_a_client_that_closes_during_a_reply_that_is_not_streamed_cancels_it(
+    loop_server: RunningServer,
+) -> None:
+    """A client that gives up (its timeout, a stop button) closes its socket before anything
+    was written back: the EOF is all the server sees, and generating on for nobody would keep
+    the one model from everyone queued behind. A half-close looks the same on the wire."""
+    backend = loop_server.backend
+    while backend.finished.acquire(blocking=False):
+        pass
+    url = urlsplit(loop_server.url)
+    body = json.dumps(
+        {"model": "huozi", "messages": [{"role": "user", "content": "forever"}], "max_tokens": 900}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    assert url.hostname is not None and url.port is not None
+    asked = len(backend.conversations)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head + body)
+        for _ in range(12_000):  # until the reply has begun (a close before it is never begun)
+            if len(backend.conversations) > asked:
+                break
+            time.sleep(0.01)
+        assert len(backend.conversations) > asked, "the reply never began"
     assert backend.finished.acquire(timeout=120)
     result = backend.results[-1]
     assert result.stop_reason == "cancelled"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
-import json
 import logging
 import signal
 import socket
@@ -260,54 +259,3 @@ def test_a_rate_limited_message_says_how_many_like_it_were_left_out() -> None:
     later = record("Invalid HTTP request received.")
     assert limiter.filter(later)
     assert later.getMessage() == "Invalid HTTP request received. (3 more like this were not logged)"
-
-
-def chat_request(*, stream: bool, keep_alive: bool) -> bytes:
-    body = json.dumps(
-        {"messages": [{"role": "user", "content": "你好"}], "stream": stream, "seed": 1}
-    ).encode()
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n"
-        "\r\n"
-    )
-    return head.encode() + body
-
-
-@pytest.mark.parametrize("keep_alive", [False, True], ids=["close", "keep-alive"])
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_a_client_that_half_closes_after_its_request_gets_the_answer(
-    engine: LlamaEngine, stream: bool, keep_alive: bool
-) -> None:
-    """shutdown(SHUT_WR) after the request (`nc -N`, some proxies) says "no more requests", not
-    "stop": the reply comes back in full, then the server closes. On main uvicorn's EOF
-    handling closed the connection at once and a generated reply had nowhere to go."""
-    with running_server(engine, limits=PATIENT) as server, connect(server) as sock:
-        sock.sendall(chat_request(stream=stream, keep_alive=keep_alive))
-        sock.shutdown(socket.SHUT_WR)
-        received = read_until_closed(sock)
-    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
-    _head, _, body = received.decode().partition("\r\n\r\n")
-    if stream:  # chunked, to its last chunk
-        assert "data: [DONE]" in body and body.endswith("\r\n0\r\n\r\n"), body
-    else:
-        assert json.loads(body)["choices"][0]["finish_reason"] in ("stop", "length"), body
-
-
-def test_pipelined_requests_before_a_half_close_are_all_answered(engine: LlamaEngine) -> None:
-    with running_server(engine, limits=PATIENT) as server, connect(server) as sock:
-        sock.sendall(chat_request(stream=False, keep_alive=True) + HEALTH)
-        sock.shutdown(socket.SHUT_WR)
-        received = read_until_closed(sock)
-    assert received.count(b"HTTP/1.1 200 ") == 2, received[:400]
-
-
-def test_a_half_close_before_the_request_is_complete_still_closes_the_connection(
-    engine: LlamaEngine,
-) -> None:
-    """Deadlines far off (PATIENT): only the EOF can end it, and nothing can follow it."""
-    with running_server(engine, limits=PATIENT) as server, connect(server) as sock:
-        sock.sendall(PARTIAL_HEAD)
-        sock.shutdown(socket.SHUT_WR)
-        assert read_until_closed(sock) == b""

@@ -191,7 +191,6 @@ class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._phase: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self._half_closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -202,25 +201,8 @@ class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
         super().data_received(data)
         self._track()
 
-    def eof_received(self) -> bool | None:
-        """The client half-closed (shutdown(SHUT_WR), `nc -N`) after its request: answer it,
-        then close. uvicorn returns None here, and asyncio then closes the transport at once:
-        the reply being generated had nowhere to go and the client got nothing back.
-
-        Half-closed before its request was complete, or with nothing asked, the client can
-        never finish one: close as before (the app sees a disconnect)."""
-        asked = self.conn.their_state in (h11.DONE, h11.MUST_CLOSE)
-        if asked and self.cycle is not None and not self.cycle.response_complete:
-            self._half_closed = True
-            return True
-        return None
-
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        answering = self.cycle is not None and not self.cycle.response_complete
-        if self._half_closed and not answering and not self.transport.is_closing():
-            self.transport.close()  # every request sent before the EOF is answered (pipelined)
-            return
         self._track()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -149,8 +149,8 @@ SABOTAGES = (
         (
             Edit(
                 "huozi_local/commands/_chat_repl.py",
-                "            signal.signal(signal.SIGINT, lambda _sig, _frame: cancel.set())\n",
-                "            pass\n",
+                "lambda _sig, _frame: _interrupt(cancel))",
+                "lambda _sig, _frame: None)",
             ),
         ),
         ("tests/test_interrupts.py",),

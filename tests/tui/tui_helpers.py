@@ -17,17 +17,29 @@ if TYPE_CHECKING:
     from huozi_local.tui.model_choice import LoadedBackend
     from huozi_local.tui.screens.chat import ChatScreen
 
-MAX_STEPS = 2000
+MAX_STEPS = 15_000
+"""At least 5 minutes of steps: a budget only a hang runs out of. (2000, at least 40 s, ran
+out once in a full run pinned to a busy core, with nothing on record to say why.)"""
 Result = TypeVar("Result")
 
 
 async def wait_for(pilot: Pilot[Result], condition: Callable[[], bool], what: str) -> None:
-    """Let the app run until `condition` holds; fail with `what` if it never does."""
+    """Let the app run until `condition` holds; fail with `what`, and what the app was showing,
+    if it never does."""
     for _ in range(MAX_STEPS):
         if condition():
             return
         await pilot.pause(0.02)
-    raise AssertionError(f"the app never reached: {what}")
+    raise AssertionError(f"the app never reached: {what}; it showed {showing(pilot.app)}")
+
+
+def showing(app: App[Result]) -> str:
+    """The current screen and the text of its labels and notifications (for a failure)."""
+    from textual.widgets import Label, Static
+
+    texts = [str(w.render()) for w in app.screen.query(Static) if isinstance(w, Label | Static)]
+    notes = [n.message for n in app._notifications]
+    return f"{type(app.screen).__name__}: {texts[:20]!r}, notifications {notes[-5:]!r}"
 
 
 def chat_ready(app: App[Result]) -> bool:

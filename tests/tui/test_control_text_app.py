@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from textual.app import App
 from textual.widgets import Input, Label, Markdown, Select, Static, TextArea
-from tui_helpers import chat_ready, send_and_wait, wait_for
+from tui_helpers import LoaderFailingOnce, chat_ready, send_and_wait, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,13 +25,9 @@ from odd_text import with_odd_header
 
 from huozi_local.commands.app import _build
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.loading.load import PlannedLoad
-from huozi_local.core.planning.hardware import Machine
-from huozi_local.core.progress import ProgressCallback
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import create_app
-from huozi_local.tui.model_choice import LoadedBackend, load_local
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.dialogs import Confirm, TextPrompt
 from huozi_local.tui.screens.settings import SettingsScreen
@@ -73,18 +68,7 @@ async def test_a_model_file_whose_name_holds_escapes_is_shown_with_them_visible(
     prompt in the settings' editor, its line break kept."""
     name = esc_model.name
     name_shown = name.replace(RAW, SHOWN)
-    attempts: list[str] = []
-
-    def fails_once(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        attempts.append(planned.label)
-        if len(attempts) == 1:
-            raise RuntimeError(f"llama.cpp said {RAW}")
-        return load_local(planned, machine, progress, cancel)
+    fails_once = LoaderFailingOnce(RuntimeError(f"llama.cpp said {RAW}"))
 
     prompt = f"be brief {RAW}\nand kind"
     settings = Settings(model=str(esc_model), temperature=0.0, system_prompt=prompt)
@@ -106,7 +90,7 @@ async def test_a_model_file_whose_name_holds_escapes_is_shown_with_them_visible(
         assert shown(choice.query_one("#label", Static)) == str(esc_model).replace(RAW, SHOWN)
         assert app.screen.query_one("#system_prompt", TextArea).text == prompt.replace(RAW, SHOWN)
         assert "\x1b" not in drawn(app)
-    assert attempts == [name, name]
+    assert [p.label for p in fails_once.attempts] == [name, name]
 
 
 def paragraphs(view: object) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Button, Input, Label, ProgressBar
-from tui_helpers import chat_ready, load_tiny, wait_for
+from tui_helpers import LoaderFailingOnce, chat_ready, load_tiny, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -261,23 +261,9 @@ async def test_an_unexpected_error_in_the_download_is_shown_logged_and_retried(
 async def test_a_loader_that_raises_is_shown_and_retry_loads(
     huozi_home: Path, tiny_models: TinyModels
 ) -> None:
-    from huozi_local.core.loading.load import PlannedLoad
-    from huozi_local.core.progress import ProgressCallback
-    from huozi_local.tui.model_choice import LoadedBackend, load_local
 
     model = tiny_models.get("merged", "q4_0", rig="chat")
-    attempts: list[str] = []
-
-    def flaky_loader(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        attempts.append(planned.label)
-        if len(attempts) == 1:
-            raise RuntimeError("llama_decode returned -3")
-        return load_local(planned, machine, progress, cancel)
+    flaky_loader = LoaderFailingOnce(RuntimeError("llama_decode returned -3"))
 
     settings = Settings(model=str(model), temperature=0.0)
     app = create_app(
@@ -289,7 +275,7 @@ async def test_a_loader_that_raises_is_shown_and_retry_loads(
         assert message == "RuntimeError: llama_decode returned -3"
         await pilot.click("#retry")
         await chat_once(app, pilot)
-    assert len(attempts) == 2
+    assert len(flaky_loader.attempts) == 2
 
 
 @pytest.mark.slow
@@ -299,23 +285,11 @@ async def test_retry_after_a_model_would_not_load_loads_that_model_again(
     """A `--model FILE` (or a model chosen in settings) that fails with a reason: the setup
     screen shows it, and its Retry loads that model again, not the recommended download."""
     from huozi_local.core.errors import HuoziError
-    from huozi_local.core.loading.load import PlannedLoad
-    from huozi_local.core.progress import ProgressCallback
-    from huozi_local.tui.model_choice import LoadedBackend, load_local
 
     model = tiny_models.get("merged", "q4_0", rig="chat")
-    attempts: list[Path] = []
-
-    def short_of_memory_once(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        attempts.append(planned.model.path)
-        if len(attempts) == 1:
-            raise HuoziError("the model needs 30 GB of memory, 12 GB are free")
-        return load_local(planned, machine, progress, cancel)
+    short_of_memory_once = LoaderFailingOnce(
+        HuoziError("the model needs 30 GB of memory, 12 GB are free")
+    )
 
     hub = FakeHub()  # reachable and empty: a Retry that downloaded would fail here
     with running_hub(hub):
@@ -330,7 +304,7 @@ async def test_retry_after_a_model_would_not_load_loads_that_model_again(
             assert "Retry loading it" in text_of(setup, "#failure-next")
             await pilot.click("#failure-retry")
             await chat_once(app, pilot)
-    assert attempts == [model, model]
+    assert [p.model.path for p in short_of_memory_once.attempts] == [model, model]
     assert hub.requests_for("GET", "/lfs/") == []
 
 

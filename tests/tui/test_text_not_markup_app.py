@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from textual.widgets import Label, Markdown, Select, Static
-from tui_helpers import chat_ready, send_and_wait, wait_for
+from tui_helpers import LoaderFailingOnce, chat_ready, send_and_wait, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,13 +26,9 @@ from huozi_local.commands.app import _build
 from huozi_local.core.chat.engine import LlamaEngine
 from huozi_local.core.chat.loader import LoadOptions
 from huozi_local.core.config import Paths, Settings
-from huozi_local.core.loading.load import PlannedLoad
-from huozi_local.core.planning.hardware import Machine
-from huozi_local.core.progress import ProgressCallback
 from huozi_local.core.store.conversations import ConversationStore
 from huozi_local.testing.tiny_model import TinyModels
 from huozi_local.tui.app import HuoziApp, create_app
-from huozi_local.tui.model_choice import LoadedBackend, load_local
 from huozi_local.tui.screens.chat import ChatScreen
 from huozi_local.tui.screens.dialogs import Confirm
 from huozi_local.tui.screens.settings import SettingsScreen
@@ -107,18 +102,7 @@ async def test_app_with_a_model_file_named_in_brackets_shows_the_name_verbatim(
     """The name is shown while loading, in the failure dialog of a loader that raised, in the
     status bar and among the settings' models."""
     name = odd_model.name
-    attempts: list[str] = []
-
-    def fails_once(
-        planned: PlannedLoad,
-        machine: Machine,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> LoadedBackend:
-        attempts.append(planned.label)
-        if len(attempts) == 1:
-            raise RuntimeError(f"llama.cpp said {ODD}")
-        return load_local(planned, machine, progress, cancel)
+    fails_once = LoaderFailingOnce(RuntimeError(f"llama.cpp said {ODD}"))
 
     app = create_app(settings=Settings(model=str(odd_model), temperature=0.0), loader=fails_once)
     async with app.run_test(size=(160, 40)) as pilot:
@@ -134,4 +118,4 @@ async def test_app_with_a_model_file_named_in_brackets_shows_the_name_verbatim(
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
         choice = app.screen.query_one("#model", Select)
         assert shown(choice.query_one("#label", Static)) == str(odd_model)
-    assert attempts == [name, name]
+    assert [p.label for p in fails_once.attempts] == [name, name]

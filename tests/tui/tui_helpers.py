@@ -13,7 +13,10 @@ from huozi_local.core.config import Settings
 from huozi_local.core.planning.hardware import GiB, Machine
 
 if TYPE_CHECKING:
+    import threading
+
     from huozi_local.core.loading.load import PlannedLoad
+    from huozi_local.core.progress import ProgressCallback
     from huozi_local.tui.model_choice import LoadedBackend
     from huozi_local.tui.screens.chat import ChatScreen
 
@@ -84,3 +87,26 @@ async def send_and_wait(pilot: Pilot[None], app: App[None], text: str) -> ChatSc
     await pilot.press("enter")
     await wait_for(pilot, lambda: screen.replies_finished == done + 1, f"a reply to {text}")
     return screen
+
+
+class LoaderFailingOnce:
+    """The app's own loader (`load_local`), except that the first load raises `failure`: what a
+    Retry is for. Records each load it was asked for."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+        self.attempts: list[PlannedLoad] = []
+
+    def __call__(
+        self,
+        planned: PlannedLoad,
+        machine: Machine,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> LoadedBackend:
+        from huozi_local.tui.model_choice import load_local
+
+        self.attempts.append(planned)
+        if len(self.attempts) == 1:
+            raise self.failure
+        return load_local(planned, machine, progress, cancel)
